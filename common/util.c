@@ -1,0 +1,278 @@
+/* util.c: error reporting, checked allocation and crash-safe file replacement. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static _Thread_local char err_buf[4096];
+
+int err_set(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int err_prefix(int code, const char *fmt, ...)
+{
+    char joined[2 * sizeof err_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(joined, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof err_buf - 1)
+        n = (int)sizeof err_buf - 1;
+    memcpy(joined + n, ": ", 2);
+    memcpy(joined + n + 2, err_buf, sizeof err_buf);
+    memcpy(err_buf, joined, sizeof err_buf - 1);
+    err_buf[sizeof err_buf - 1] = '\0';
+    return code;
+}
+
+const char *err_msg(void) { return err_buf[0] ? err_buf : "unknown error"; }
+
+void err_clear(void) { err_buf[0] = '\0'; }
+
+static noreturn void die_now(int code)
+{
+    int initialized = 0, finalized = 0, world = 1;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (initialized && !finalized) {
+        MPI_Comm_size(MPI_COMM_WORLD, &world);
+        if (world > 1) {
+            fflush(stdout);
+            fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, code);
+        }
+        MPI_Finalize();
+    }
+    exit(code);
+}
+
+noreturn void rb_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    log_msg(LOG_ERROR, "%s", err_buf);
+    die_now(code);
+}
+
+noreturn void rb_die_err(int code)
+{
+    log_msg(LOG_ERROR, "%s", err_msg());
+    die_now(code);
+}
+
+static noreturn void die_oom(size_t n)
+{
+    rb_die(RB_EXIT_RUNTIME, "out of memory allocating %zu bytes; lower micro_batch_size or "
+           "sequence_len, or use a machine with more memory", n);
+}
+
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        die_oom(n);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p)
+        die_oom(count * size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        die_oom(n);
+    return q;
+}
+
+char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    return memcpy(xmalloc(n), s, n);
+}
+
+char *xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char *copy = xstrdup(path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    free(copy);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int rename_durable(const char *tmp_path, const char *final_path)
+{
+    if (rename(tmp_path, final_path) != 0)
+        return err_set(RB_EXIT_RUNTIME, "cannot rename %s to %s: %s", tmp_path, final_path,
+                       strerror(errno));
+    fsync_dir_of(final_path);
+    return 0;
+}
+
+int atomic_file_open(atomic_file *af, const char *path)
+{
+    af->path = xstrdup(path);
+    af->tmp_path = xasprintf("%s.tmp.%ld", path, (long)getpid());
+    af->fp = fopen(af->tmp_path, "wb");
+    if (!af->fp) {
+        int rc = err_set(RB_EXIT_RUNTIME, "cannot write %s: %s", af->tmp_path, strerror(errno));
+        free(af->path);
+        free(af->tmp_path);
+        af->path = af->tmp_path = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+int atomic_file_commit(atomic_file *af)
+{
+    int rc = 0;
+    if (fflush(af->fp) != 0 || ferror(af->fp) || fsync(fileno(af->fp)) != 0)
+        rc = err_set(RB_EXIT_RUNTIME, "cannot write %s: %s", af->tmp_path, strerror(errno));
+    if (fclose(af->fp) != 0 && rc == 0)
+        rc = err_set(RB_EXIT_RUNTIME, "cannot close %s: %s", af->tmp_path, strerror(errno));
+    af->fp = NULL;
+    if (rc == 0)
+        rc = rename_durable(af->tmp_path, af->path);
+    if (rc != 0)
+        unlink(af->tmp_path);
+    free(af->path);
+    free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
+    return rc;
+}
+
+void atomic_file_abort(atomic_file *af)
+{
+    if (af->fp)
+        fclose(af->fp);
+    if (af->tmp_path)
+        unlink(af->tmp_path);
+    free(af->path);
+    free(af->tmp_path);
+    af->fp = NULL;
+    af->path = af->tmp_path = NULL;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t n)
+{
+    atomic_file af;
+    int rc = atomic_file_open(&af, path);
+    if (rc)
+        return rc;
+    if (n && fwrite(data, 1, n, af.fp) != n) {
+        rc = err_set(RB_EXIT_RUNTIME, "cannot write %s: %s", af.tmp_path, strerror(errno));
+        atomic_file_abort(&af);
+        return rc;
+    }
+    return atomic_file_commit(&af);
+}
+
+int read_file(const char *path, char **data, size_t *n)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return err_set(errno == ENOENT ? RB_EXIT_INPUT : RB_EXIT_RUNTIME, "cannot open %s: %s",
+                       path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (cap - len < 1 << 15)
+            buf = xrealloc(buf, cap *= 2);
+        size_t got = fread(buf + len, 1, cap - len - 1, fp);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    int bad = ferror(fp);
+    fclose(fp);
+    if (bad) {
+        free(buf);
+        return err_set(RB_EXIT_RUNTIME, "cannot read %s", path);
+    }
+    buf[len] = '\0';
+    *data = buf;
+    if (n)
+        *n = len;
+    return 0;
+}
+
+int mkdir_p(const char *path)
+{
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            int rc = err_set(RB_EXIT_RUNTIME, "cannot create folder %s: %s", p, strerror(errno));
+            free(p);
+            return rc;
+        }
+        *s = '/';
+    }
+    int rc = 0;
+    if (mkdir(p, 0755) != 0 && errno != EEXIST)
+        rc = err_set(RB_EXIT_RUNTIME, "cannot create folder %s: %s", p, strerror(errno));
+    free(p);
+    return rc;
+}
+
+int path_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int path_is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,82 @@
+/*
+ * util.h: error reporting, checked allocation and crash-safe file replacement.
+ *
+ * Error convention (every module): a function that can fail returns 0 on success, or an exit
+ * code on failure (RB_EXIT_RUNTIME or RB_EXIT_INPUT) after recording one message with
+ * err_set(). The caller either adds context with err_prefix() and returns the code, or, at the
+ * top of a command, prints err_msg() and exits with the code.
+ */
+#ifndef RUBRIC_UTIL_H
+#define RUBRIC_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdnoreturn.h>
+
+enum {
+    RB_EXIT_OK = 0,
+    RB_EXIT_RUNTIME = 1, /* a runtime failure: I/O, out of memory, a dead rank */
+    RB_EXIT_INPUT = 2,   /* bad usage or bad input: the user can fix it */
+};
+
+#if defined(__GNUC__)
+#define RB_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define RB_PRINTF(f, a)
+#endif
+
+/* Record the message of the current failure and return `code` (so `return err_set(...)`). */
+int err_set(int code, const char *fmt, ...) RB_PRINTF(2, 3);
+/* Put "prefix: " in front of the recorded message; returns `code`. */
+int err_prefix(int code, const char *fmt, ...) RB_PRINTF(2, 3);
+const char *err_msg(void);
+void err_clear(void);
+
+/* Print "rubric: error: <msg>" (with the rank under MPI) and end the process (all ranks under
+ * MPI) with `code`. */
+noreturn void rb_die(int code, const char *fmt, ...) RB_PRINTF(2, 3);
+/* Print err_msg() and end with `code`. */
+noreturn void rb_die_err(int code);
+
+/* Allocation that ends the process with a clear message when memory runs out. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) RB_PRINTF(1, 2);
+
+/* Crash-safe file replacement: write to "<path>.tmp.<pid>", then fsync, rename over <path> and
+ * fsync the folder. A reader never sees a half-written file. */
+typedef struct {
+    FILE *fp;
+    char *path;
+    char *tmp_path;
+} atomic_file;
+
+int atomic_file_open(atomic_file *af, const char *path);
+/* Flush, fsync, close and rename into place. Returns 0 or RB_EXIT_RUNTIME. */
+int atomic_file_commit(atomic_file *af);
+/* Close and remove the temporary file (after a failure). */
+void atomic_file_abort(atomic_file *af);
+/* Rename tmp over final and fsync the folder holding it. */
+int rename_durable(const char *tmp_path, const char *final_path);
+/* Write a whole buffer to path through an atomic_file. */
+int write_file_atomic(const char *path, const void *data, size_t n);
+
+/* Read a whole file into a NUL-terminated buffer. Returns 0 or an exit code (err_set). */
+int read_file(const char *path, char **data, size_t *n);
+/* mkdir -p. */
+int mkdir_p(const char *path);
+int path_exists(const char *path);
+int path_is_dir(const char *path);
+
+/* Monotonic seconds. */
+double now_seconds(void);
+
+#define RB_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define RB_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define RB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
