@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+struct config_origin;
+
 enum adapter_kind { ADAPTER_LORA = 0, ADAPTER_QLORA = 1, ADAPTER_NONE = 2 };
 enum lr_sched_kind { SCHED_COSINE = 0, SCHED_LINEAR = 1, SCHED_CONSTANT = 2 };
 enum prompt_format { PROMPT_AUTO = 0, PROMPT_CHATML_QWEN3 = 1, PROMPT_ALPACA = 2 };
@@ -100,6 +102,15 @@ typedef struct {
     /* scoring */
     double gpu_hour_cost;      /* for the cost line of score benchmarks */
     int score_batch_size;
+
+    /* added with config.c */
+    char *deepspeed_path;      /* the DeepSpeed JSON actually read (resolved path), or NULL */
+    int evals_per_epoch;       /* 0: unset (eval_steps decides) */
+    int saves_per_epoch;       /* 0: unset (save_steps decides) */
+    char *pad_token;           /* special_tokens.pad_token, or NULL: the tokenizer's */
+    char *eos_token;           /* special_tokens.eos_token, or NULL */
+    char *bos_token;           /* special_tokens.bos_token, or NULL */
+    struct config_origin *origin; /* internal: where each key was set (config.c) */
 } rubric_config;
 
 /* Fill every field with its default. */
@@ -126,5 +137,15 @@ int config_resolve_model(rubric_config *cfg);
 char *config_to_yaml(const rubric_config *cfg);
 
 void config_free(rubric_config *cfg);
+
+/* The line of the config file a key was set on, 0 when it has its default (or came from --set,
+ * which is -1). For messages of later stages: "config.yml:12: sequence_len: ...". */
+int config_key_line(const rubric_config *cfg, const char *key);
+
+/* The i-th key rubric knows (the table docs/config.md documents); NULL past the end. */
+const char *config_key_name(int i);
+
+/* The path of the config file for messages ("<defaults>" when none). */
+const char *config_source(const rubric_config *cfg);
 
 #endif

@@ -2,7 +2,7 @@
  * model_config.h: a Hugging Face decoder's config.json (model_type qwen3, qwen2 or llama).
  *
  * qwen2 and llama differ from qwen3 only in the per-head q/k RMSNorm (qwen3 only) and the
- * q/k/v projection biases (qwen2; llama when attention_bias is true).
+ * projection biases (attention_bias, o_bias below).
  */
 #ifndef RUBRIC_MODEL_CONFIG_H
 #define RUBRIC_MODEL_CONFIG_H
@@ -22,7 +22,10 @@ typedef struct {
     double rms_norm_eps;
     int max_position_embeddings;
     int tie_word_embeddings;
-    int attention_bias;        /* q/k/v (and o for llama if set) have biases */
+    int attention_bias;        /* q/k/v projections have biases (qwen2 always; qwen3 and llama
+                                  when config.json's attention_bias is true) */
+    int o_bias;                /* o_proj has a bias (qwen3 and llama with attention_bias;
+                                  never qwen2) */
     int qk_norm;               /* per-head RMSNorm on q and k (qwen3) */
     int64_t bos_token_id;      /* -1 when absent */
     int64_t eos_token_id;
@@ -30,10 +33,19 @@ typedef struct {
     uint64_t hash;             /* xxHash of config.json's bytes: the model's identity */
 } model_config;
 
-/* Read <dir>/config.json. An unsupported model_type, a missing or inconsistent field is a
- * clear error naming the file and field (RB_EXIT_INPUT). */
+/* Read <dir>/config.json. Fields absent from the file take transformers' defaults for the
+ * model_type. An unsupported model_type or setting (rope_scaling other than the default,
+ * sliding-window attention, mlp_bias, an activation other than silu), a missing or
+ * inconsistent field is a clear error naming the file and field (RB_EXIT_INPUT). An
+ * eos_token_id list keeps its first id. */
 int model_config_load(model_config *mc, const char *dir);
-/* Write <dir>/config.json for mc (atomic). */
+/* Fill mc with transformers' defaults for model_type ("qwen3", "qwen2", "llama"); hash 0.
+ * Returns RB_EXIT_INPUT (err_set) for another type. */
+int model_config_init(model_config *mc, const char *model_type);
+/* Check sizes are positive and consistent (heads % kv_heads, even head_dim...); `where` names
+ * the source in the message. */
+int model_config_check(const model_config *mc, const char *where);
+/* Write <dir>/config.json for mc (atomic), loadable by transformers' AutoConfig. */
 int model_config_save(const model_config *mc, const char *dir);
 
 #endif

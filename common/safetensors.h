@@ -3,8 +3,9 @@
  *
  * Format: 8-byte little-endian header length N, N bytes of JSON ({"name": {"dtype", "shape",
  * "data_offsets": [begin, end]}, "__metadata__": {...}}), then the data. A header that lies
- * (offsets past the end, overlapping or unordered tensors, a size that does not match
- * dtype x shape, a huge header length) is rejected with an error naming file and tensor.
+ * (offsets past the end, overlapping tensors, a size that does not match dtype x shape, an
+ * unknown dtype, a huge header length, non-string metadata) is rejected with an error naming
+ * file and tensor. Gaps between tensors are allowed.
  */
 #ifndef RUBRIC_SAFETENSORS_H
 #define RUBRIC_SAFETENSORS_H
@@ -29,7 +30,9 @@ typedef struct {
 /* One file, or a sharded set (model.safetensors.index.json), opened read-only (mmap). */
 typedef struct safetensors_set safetensors_set;
 
-/* Open <dir>/model.safetensors, or the shards named by <dir>/model.safetensors.index.json. */
+/* Open <dir>/model.safetensors, else the shards named by <dir>/model.safetensors.index.json
+ * (the order transformers looks in). Each shard is mapped once; a tensor named by the index
+ * but missing from its shard, or a name in two shards, is an error. */
 int safetensors_open_dir(safetensors_set **out, const char *dir);
 /* Open one file. */
 int safetensors_open_file(safetensors_set **out, const char *path);
@@ -39,7 +42,8 @@ const st_tensor *safetensors_find(const safetensors_set *s, const char *name);
 int safetensors_count(const safetensors_set *s);
 const st_tensor *safetensors_at(const safetensors_set *s, int i);
 const char *safetensors_file_of(const safetensors_set *s, const st_tensor *t);
-/* Raw bytes of a tensor (points into the mapping). */
+/* Raw bytes of a tensor (points into the mapping, valid until safetensors_close; not
+ * necessarily aligned for its dtype: copy with memcpy, or use safetensors_read_f32). */
 const void *safetensors_data(const safetensors_set *s, const st_tensor *t);
 
 /* Read a tensor converted to fp32. When ndim > 0 the shape must equal shape[0..ndim), else a
@@ -49,7 +53,10 @@ int safetensors_read_f32(const safetensors_set *s, const char *name, int ndim,
                          const int64_t *shape, float *out);
 
 size_t st_dtype_size(st_dtype d);
+/* "F32", "BF16", ... as the format spells them. */
 const char *st_dtype_name(st_dtype d);
+/* Number of elements (1 for a scalar). */
+int64_t st_tensor_numel(const st_tensor *t);
 
 /* A tensor to write: data in `dtype` already. */
 typedef struct {
@@ -64,8 +71,16 @@ typedef struct {
  * a NULL-terminated array {"k1","v1","k2","v2",NULL}, or NULL. */
 int safetensors_write(const char *path, const st_write_tensor *tensors, int n,
                       const char *const *metadata);
+/* Write a model folder's weights: <dir>/model.safetensors, or, when the tensors hold more than
+ * max_shard_bytes (0: no limit), shards model-0000K-of-0000N.safetensors (tensors kept in
+ * order, a shard closed before it would pass the limit) plus model.safetensors.index.json,
+ * as transformers names them. The other layout's leftover file is removed. */
+int safetensors_write_dir(const char *dir, const st_write_tensor *tensors, int n,
+                          const char *const *metadata, uint64_t max_shard_bytes);
 
-/* fp32 <-> bf16 (round to nearest even) and fp16. */
+/* fp32 <-> bf16: round to nearest even, NaN -> 0x7fc0 (torch's scalar choice).
+ * fp32 <-> fp16: round to nearest even, subnormals, overflow to inf, NaN kept NaN with sign and
+ * top payload bits. Both bit-exact with torch (tests/test_safetensors.c). */
 uint16_t f32_to_bf16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);

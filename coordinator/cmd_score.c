@@ -1,10 +1,214 @@
-/* cmd_score.c: placeholder until its issue lands. */
+/* cmd_score.c: `rubric score`: data-parallel batch scoring with metrics (see score.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
 #include "commands.h"
+#include "config.h"
 #include "log.h"
+#include "score.h"
+#include "scorer.h"
 #include "util.h"
+#include "world.h"
+
+enum {
+    OPT_MODEL = 1, OPT_ADAPTER, OPT_INPUT, OPT_OUTPUT, OPT_METRICS, OPT_RESUME, OPT_NUM_SCORES,
+    OPT_CHUNK_ROWS, OPT_BATCH_ROWS, OPT_NO_PREFIX_CACHE, OPT_MAX_PROMPT, OPT_BASELINE,
+    OPT_BACKEND, OPT_WINDOW, OPT_TOKENIZER, OPT_METRICS_ONLY, OPT_FAKE_MODEL, OPT_FAKE_DELAY,
+};
+
+static const struct option score_long_options[] = {
+    {"model", required_argument, NULL, OPT_MODEL},
+    {"adapter", required_argument, NULL, OPT_ADAPTER},
+    {"input", required_argument, NULL, OPT_INPUT},
+    {"output", required_argument, NULL, OPT_OUTPUT},
+    {"metrics", required_argument, NULL, OPT_METRICS},
+    {"resume", no_argument, NULL, OPT_RESUME},
+    {"num-scores", required_argument, NULL, OPT_NUM_SCORES},
+    {"chunk-rows", required_argument, NULL, OPT_CHUNK_ROWS},
+    {"batch-rows", required_argument, NULL, OPT_BATCH_ROWS},
+    {"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX_CACHE},
+    {"max-prompt-tokens", required_argument, NULL, OPT_MAX_PROMPT},
+    {"baseline-from", required_argument, NULL, OPT_BASELINE},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"window-chunks", required_argument, NULL, OPT_WINDOW},
+    {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+    {"metrics-only", no_argument, NULL, OPT_METRICS_ONLY},
+    {"fake-model", no_argument, NULL, OPT_FAKE_MODEL},
+    {"fake-delay-us", required_argument, NULL, OPT_FAKE_DELAY},
+    {NULL, 0, NULL, 0},
+};
+
+static const char score_summary[] =
+    "Score the rows of an Alpaca JSONL file (instruction, input; output optional) with a model\n"
+    "and optional adapter. Rank 0 streams the input and hands chunks of rows to the workers\n"
+    "(ranks 1..N) on demand; without mpirun one process does both. Each worker computes the KV\n"
+    "cache of the shared rubric prefix once, prefills the rest of each row and decodes greedily\n"
+    "under the score grammar (K digits in the score range, single spaces, <|im_end|>).\n"
+    "The output has one JSON line per input line, in input order:\n"
+    "  {\"row\": 0, \"scores\": [3, 4, 2], \"text\": \"3 4 2\", \"status\": \"ok\"}\n"
+    "status is ok, off_grammar (plain greedy decoding would have left the grammar; the scores\n"
+    "are the constrained answer) or bad_row (with \"error\"). It is written as OUTPUT.partial\n"
+    "with a journal (OUTPUT.journal) and renamed at the end; after a crash or kill, the same\n"
+    "command with --resume goes on where it stopped. When rows have an \"output\", the metrics\n"
+    "(exact match, accuracy, off-by-1, MAE, Pearson, confusion matrices, off-grammar rate, and\n"
+    "the majority baseline) are printed and written to OUTPUT-without-.jsonl.metrics.json.\n"
+    "Limitations: scores are single digits (a score range within 0..9); one shared prefix is\n"
+    "cached per worker; --adapter takes rubric checkpoints (.h5), not PEFT folders.";
+
+static const char score_options_help[] =
+    "      --model DIR          Hugging Face model folder (default: base_model of the config\n"
+    "                           or of the adapter's checkpoint)\n"
+    "      --adapter CKPT.h5    rubric checkpoint; its stored config gives the prompt format,\n"
+    "                           score range and base model unless set here\n"
+    "      --input FILE         rows to score (JSONL)\n"
+    "      --output FILE        predictions (JSONL)\n"
+    "      --metrics FILE       metrics JSON (default: OUTPUT's name with .metrics.json)\n"
+    "      --resume             continue an interrupted run of the same command\n"
+    "      --num-scores K       scores per row (default: counted in the first row's output)\n"
+    "      --baseline-from FILE reference rows for the majority baseline (default: the input)\n"
+    "      --metrics-only       only compute the metrics of an existing OUTPUT\n"
+    "      --tokenizer DIR      folder with tokenizer.json (default: the model's)\n"
+    "      --batch-rows N       rows decoded together per worker (default score_batch_size)\n"
+    "      --chunk-rows N       rows per chunk handed to a worker (default 64)\n"
+    "      --window-chunks N    chunks the coordinator may hold for reordering (default 4 per\n"
+    "                           worker, at least 16)\n"
+    "      --no-prefix-cache    prefill every row whole (for comparisons)\n"
+    "      --max-prompt-tokens N  longer prompts are bad rows (default: the model's maximum)\n"
+    "      --backend NAME       cpu, cuda or auto (default auto)\n"
+    "      --fake-model         testing only: scores are a hash of the row, no model is loaded\n"
+    "      --fake-delay-us N    testing only: the fake model sleeps N microseconds per row\n";
+
+typedef struct {
+    score_options o;
+    int metrics_only;
+    int batch_set;
+} score_cli;
+
+static int parse_int(const char *arg, const char *name, int lo, int *out)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+    if (*arg == '\0' || *end != '\0' || v < lo || v > 1 << 30)
+        return err_set(RB_EXIT_INPUT, "--%s: '%s' is not an integer >= %d", name, arg, lo);
+    *out = (int)v;
+    return 0;
+}
+
+static int score_on_option(int opt, const char *arg, void *ctx)
+{
+    score_cli *sc = ctx;
+    score_options *o = &sc->o;
+    switch (opt) {
+    case OPT_MODEL: o->model_dir = arg; return 0;
+    case OPT_ADAPTER: o->adapter = arg; return 0;
+    case OPT_INPUT: o->input = arg; return 0;
+    case OPT_OUTPUT: o->output = arg; return 0;
+    case OPT_METRICS: o->metrics_path = arg; return 0;
+    case OPT_RESUME: o->resume = 1; return 0;
+    case OPT_NUM_SCORES: return parse_int(arg, "num-scores", 1, &o->k);
+    case OPT_CHUNK_ROWS: return parse_int(arg, "chunk-rows", 1, &o->chunk_rows);
+    case OPT_BATCH_ROWS:
+        sc->batch_set = 1;
+        return parse_int(arg, "batch-rows", 1, &o->batch_rows);
+    case OPT_NO_PREFIX_CACHE: o->prefix_cache = 0; return 0;
+    case OPT_MAX_PROMPT: return parse_int(arg, "max-prompt-tokens", 1, &o->max_prompt_tokens);
+    case OPT_BASELINE: o->baseline_from = arg; return 0;
+    case OPT_BACKEND: o->backend = arg; return 0;
+    case OPT_WINDOW: return parse_int(arg, "window-chunks", 1, &o->window_chunks);
+    case OPT_TOKENIZER: o->tokenizer_dir = arg; return 0;
+    case OPT_METRICS_ONLY: sc->metrics_only = 1; return 0;
+    case OPT_FAKE_MODEL: o->fake_model = 1; return 0;
+    case OPT_FAKE_DELAY: return parse_int(arg, "fake-delay-us", 0, &o->fake_delay_us);
+    default: return err_set(RB_EXIT_INPUT, "unknown option");
+    }
+}
+
+/* What the command line did not set comes from the config, then from the adapter's config. */
+static int resolve_options(score_cli *sc, rubric_config *cfg)
+{
+    score_options *o = &sc->o;
+    score_options cl = *o;
+    int rc = score_options_from_config(o, cfg);
+    if (!rc && o->adapter && !o->fake_model) {
+        rubric_config ac;
+        rc = scorer_adapter_config(o->adapter, &ac);
+        if (!rc && !cfg->config_path) {
+            /* no --config: the checkpoint's training config decides format and range */
+            rc = score_options_from_config(o, &ac);
+            o->model_dir = cl.model_dir ? cl.model_dir : o->model_dir;
+        }
+        if (!rc && !o->model_dir && ac.base_model)
+            o->model_dir = xstrdup(ac.base_model); /* lives until exit */
+        config_free(&ac);
+    }
+    if (rc)
+        return rc;
+    if (cl.model_dir)
+        o->model_dir = cl.model_dir;
+    if (cl.tokenizer_dir)
+        o->tokenizer_dir = cl.tokenizer_dir;
+    if (sc->batch_set)
+        o->batch_rows = cl.batch_rows;
+    return 0;
+}
+
+static int run_metrics_only(const score_options *o)
+{
+    if (!o->input || !o->output)
+        return err_set(RB_EXIT_INPUT, "--metrics-only needs --input and --output");
+    char *path = o->metrics_path ? xstrdup(o->metrics_path)
+                                 : score_default_metrics_path(o->output);
+    int labelled;
+    int rc = score_metrics(o, o->output, path, &labelled);
+    free(path);
+    return rc;
+}
 
 int cmd_score(int argc, char **argv)
 {
-    log_error("'%s' is not implemented in this build yet", argv[0]);
-    return RB_EXIT_RUNTIME;
+    score_cli sc = {0};
+    score_options_defaults(&sc.o);
+    cli_spec spec = {
+        .command = "score",
+        .usage = "--model DIR [--adapter CKPT.h5] --input ROWS.jsonl --output PREDS.jsonl "
+                 "[--config FILE] [--resume] [options]",
+        .summary = score_summary,
+        .options_help = score_options_help,
+        .options = score_long_options,
+        .on_option = score_on_option,
+        .ctx = &sc,
+        .config_positional = 0,
+        .config_required = 0,
+        .max_args = 0,
+    };
+    cli_common cli;
+    int rc = cli_parse_common(argc, argv, &spec, &cli);
+    if (rc || cli.help) {
+        cli_free(&cli);
+        return rc;
+    }
+    rubric_config cfg;
+    rc = cli_load_config(&cli, &cfg);
+    if (rc || cli.print_config) {
+        config_free(&cfg);
+        cli_free(&cli);
+        return rc;
+    }
+
+    world w;
+    rc = resolve_options(&sc, &cfg);
+    if (!rc)
+        rc = world_init(&w, &argc, &argv);
+    if (!rc) {
+        rc = sc.metrics_only ? (w.rank == 0 ? run_metrics_only(&sc.o) : 0) : score_run(&sc.o);
+        if (rc && w.rank == 0)
+            log_error("%s", err_msg());
+        world_finalize(&w);
+    } else if (cli_launch_rank() == 0) {
+        log_error("%s", err_msg());
+    }
+    config_free(&cfg);
+    cli_free(&cli);
+    return rc;
 }

@@ -1,10 +1,482 @@
-/* cmd_init_model.c: placeholder until its issue lands. */
+/*
+ * cmd_init_model.c: `rubric init-model`: write a randomly initialised decoder as a complete
+ * Hugging Face model folder (config.json, model.safetensors, generation_config.json and the
+ * tokenizer files), seeded and reproducible: the same options give byte-identical files.
+ *
+ * Initialisation follows transformers' _init_weights: linear and embedding weights are
+ * normal(0, initializer_range = 0.02), biases zero, RMSNorm weights one. Each tensor draws from
+ * its own xoshiro256** stream seeded by splitmix64(seed + XXH64(tensor name)), normals by
+ * Box-Muller, so a tensor's values depend only on the seed, its name and its shape.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
 #include "commands.h"
 #include "log.h"
+#include "model_config.h"
+#include "rubric_build.h"
+#include "safetensors.h"
 #include "util.h"
+
+#define INIT_STD 0.02
+
+/* ---- the seeded generator ---- */
+
+typedef struct {
+    uint64_t s[4];
+} init_rng;
+
+static uint64_t splitmix64_next(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t init_rng_next(init_rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t out = rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return out;
+}
+
+static void init_rng_seed(init_rng *r, uint64_t seed, const char *name)
+{
+    uint64_t x = seed + XXH64(name, strlen(name), 0);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64_next(&x);
+}
+
+/* Fill out[0..n) with normal(0, std) draws, two per Box-Muller pair. */
+static void init_rng_normal(init_rng *r, float *out, int64_t n, double std)
+{
+    const double two_pi = 6.283185307179586;
+    for (int64_t i = 0; i < n; i += 2) {
+        double u1 = (double)((init_rng_next(r) >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
+        double u2 = (double)(init_rng_next(r) >> 11) * 0x1.0p-53;       /* [0, 1) */
+        double rad = sqrt(-2.0 * log(u1));
+        out[i] = (float)(std * rad * cos(two_pi * u2));
+        if (i + 1 < n)
+            out[i + 1] = (float)(std * rad * sin(two_pi * u2));
+    }
+}
+
+/* ---- options ---- */
+
+typedef struct {
+    const char *out;
+    const char *tokenizer;
+    const char *dtype; /* "bf16" or "f32" */
+    uint64_t seed;
+    uint64_t max_shard_bytes; /* 0: one model.safetensors */
+    int help;
+    model_config mc;
+} init_options;
+
+static void init_usage(FILE *fp)
+{
+    fprintf(fp,
+            "usage: rubric init-model --out DIR [options]\n"
+            "\n"
+            "Write a randomly initialised model as a Hugging Face folder (config.json,\n"
+            "model.safetensors, generation_config.json, tokenizer files).\n"
+            "\n"
+            "  --out DIR            the folder to write (created)\n"
+            "  --type T             qwen3 (default), qwen2 or llama\n"
+            "  --hidden N           hidden size (64)\n"
+            "  --layers N           decoder layers (2)\n"
+            "  --heads N            attention heads (4)\n"
+            "  --kv-heads N         key/value heads (2)\n"
+            "  --head-dim N         head dimension (16)\n"
+            "  --intermediate N     MLP size (192)\n"
+            "  --vocab N            vocabulary size (151936, Qwen3's)\n"
+            "  --rope-theta X       RoPE base (1000000)\n"
+            "  --tie | --no-tie     tie the LM head to the embeddings (default: tied)\n"
+            "  --seed N             random seed (1); the same seed gives identical files\n"
+            "  --dtype bf16|f32     stored weight type (bf16)\n"
+            "  --tokenizer DIR      tokenizer files to copy (default: the bundled Qwen3 one)\n"
+            "  --max-shard-size N   cut the weights into shards of at most N bytes (suffix\n"
+            "                       K, M or G: 1e3, 1e6, 1e9) with an index (default: one file)\n");
+}
+
+static int init_parse_int(const char *opt, const char *s, int64_t min, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < min)
+        return err_set(RB_EXIT_INPUT, "init-model: %s needs an integer >= %lld, got '%s'", opt,
+                       (long long)min, s);
+    *out = v;
+    return 0;
+}
+
+/* A byte count: digits with an optional K, M or G (powers of 1000, as transformers'
+ * max_shard_size). */
+static int init_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    uint64_t mult = 1;
+    if (*end == 'K' || *end == 'k')
+        mult = 1000, end++;
+    else if (*end == 'M' || *end == 'm')
+        mult = 1000 * 1000, end++;
+    else if (*end == 'G' || *end == 'g')
+        mult = 1000 * 1000 * 1000, end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (errno || end == s || *end || v == 0 || s[0] == '-' || v > UINT64_MAX / mult)
+        return err_set(RB_EXIT_INPUT, "init-model: --max-shard-size needs a positive size such "
+                       "as 500000, 200K or 2G, got '%s'", s);
+    *out = v * mult;
+    return 0;
+}
+
+static int init_parse_args(init_options *o, int argc, char **argv)
+{
+    enum { O_OUT = 256, O_TYPE, O_HIDDEN, O_LAYERS, O_HEADS, O_KV, O_HD, O_INTER, O_VOCAB,
+           O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_HELP };
+    static const struct option longopts[] = {
+        {"out", required_argument, 0, O_OUT},        {"type", required_argument, 0, O_TYPE},
+        {"hidden", required_argument, 0, O_HIDDEN},  {"layers", required_argument, 0, O_LAYERS},
+        {"heads", required_argument, 0, O_HEADS},    {"kv-heads", required_argument, 0, O_KV},
+        {"head-dim", required_argument, 0, O_HD},    {"intermediate", required_argument, 0,
+                                                      O_INTER},
+        {"vocab", required_argument, 0, O_VOCAB},    {"rope-theta", required_argument, 0,
+                                                      O_THETA},
+        {"tie", no_argument, 0, O_TIE},              {"no-tie", no_argument, 0, O_NOTIE},
+        {"seed", required_argument, 0, O_SEED},      {"dtype", required_argument, 0, O_DTYPE},
+        {"tokenizer", required_argument, 0, O_TOK},  {"help", no_argument, 0, O_HELP},
+        {"max-shard-size", required_argument, 0, O_SHARD},
+        {0, 0, 0, 0},
+    };
+    static const char *const size_opts[] = {"--hidden", "--layers", "--heads", "--kv-heads",
+                                            "--head-dim", "--intermediate", "--vocab"};
+    const char *type = "qwen3";
+    int64_t sizes[7] = {64, 2, 4, 2, 16, 192, 151936}; /* hidden .. vocab, in enum order */
+    int64_t seed = 1;
+    double theta = 1e6;
+    int tie = 1, c, rc = 0;
+    memset(o, 0, sizeof *o);
+    o->dtype = "bf16";
+    optind = 0;
+    opterr = 0;
+    while (!rc && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_OUT: o->out = optarg; break;
+        case O_TYPE: type = optarg; break;
+        case O_HIDDEN: case O_LAYERS: case O_HEADS: case O_KV: case O_HD: case O_INTER:
+        case O_VOCAB:
+            rc = init_parse_int(size_opts[c - O_HIDDEN], optarg, 1, &sizes[c - O_HIDDEN]);
+            break;
+        case O_THETA:
+            theta = strtod(optarg, NULL);
+            if (!(theta > 0))
+                rc = err_set(RB_EXIT_INPUT, "init-model: --rope-theta needs a positive number");
+            break;
+        case O_TIE: tie = 1; break;
+        case O_NOTIE: tie = 0; break;
+        case O_SEED: rc = init_parse_int("--seed", optarg, 0, &seed); break;
+        case O_DTYPE: o->dtype = optarg; break;
+        case O_TOK: o->tokenizer = optarg; break;
+        case O_SHARD: rc = init_parse_size(optarg, &o->max_shard_bytes); break;
+        case O_HELP: o->help = 1; return 0;
+        default:
+            rc = err_set(RB_EXIT_INPUT, "init-model: unknown or incomplete option '%s'",
+                         argv[optind - 1]);
+        }
+    }
+    if (rc)
+        return rc;
+    if (optind < argc)
+        return err_set(RB_EXIT_INPUT, "init-model: unexpected argument '%s'", argv[optind]);
+    if (!o->out)
+        return err_set(RB_EXIT_INPUT, "init-model: --out DIR is required");
+    if (strcmp(o->dtype, "bf16") != 0 && strcmp(o->dtype, "f32") != 0)
+        return err_set(RB_EXIT_INPUT, "init-model: --dtype must be bf16 or f32, got '%s'",
+                       o->dtype);
+    for (int i = 0; i < 7; i++)
+        if (sizes[i] > 1 << 30)
+            return err_set(RB_EXIT_INPUT, "init-model: size %lld is too large",
+                           (long long)sizes[i]);
+
+    /* the config: the type's defaults, then the requested shape */
+    model_config *mc = &o->mc;
+    if ((rc = model_config_init(mc, type)))
+        return err_prefix(rc, "init-model: --type");
+    mc->hidden_size = (int)sizes[0];
+    mc->num_hidden_layers = (int)sizes[1];
+    mc->num_attention_heads = (int)sizes[2];
+    mc->num_key_value_heads = (int)sizes[3];
+    mc->head_dim = (int)sizes[4];
+    mc->intermediate_size = (int)sizes[5];
+    mc->vocab_size = (int)sizes[6];
+    mc->rope_theta = theta;
+    mc->max_position_embeddings = 40960;
+    mc->tie_word_embeddings = tie;
+    mc->bos_token_id = mc->vocab_size > 151643 ? 151643 : -1; /* Qwen's <|endoftext|> */
+    mc->eos_token_id = mc->vocab_size > 151645 ? 151645 : -1; /* Qwen's <|im_end|> */
+    snprintf(mc->torch_dtype, sizeof mc->torch_dtype, "%s",
+             strcmp(o->dtype, "bf16") == 0 ? "bfloat16" : "float32");
+    o->seed = (uint64_t)seed;
+    return model_config_check(mc, "init-model");
+}
+
+/* ---- the weights ---- */
+
+typedef struct {
+    st_write_tensor *t;
+    int n, cap;
+} init_tensors;
+
+enum init_kind { INIT_NORMAL, INIT_ZERO, INIT_ONE };
+
+/* Add tensor `name` of shape [d0] or [d0, d1] (d1 = 0), initialised by kind. */
+static void init_add(init_tensors *ts, const init_options *o, enum init_kind kind, int64_t d0,
+                     int64_t d1, const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+
+    int64_t n = d0 * (d1 ? d1 : 1);
+    float *v = xmalloc((size_t)n * sizeof *v);
+    if (kind == INIT_NORMAL) {
+        init_rng r;
+        init_rng_seed(&r, o->seed, name);
+        init_rng_normal(&r, v, n, INIT_STD);
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            v[i] = kind == INIT_ONE ? 1.0f : 0.0f;
+    }
+
+    st_write_tensor t = {.name = xstrdup(name), .ndim = d1 ? 2 : 1, .shape = {d0, d1}};
+    if (strcmp(o->dtype, "bf16") == 0) {
+        uint16_t *h = xmalloc((size_t)n * sizeof *h);
+        for (int64_t i = 0; i < n; i++)
+            h[i] = f32_to_bf16(v[i]);
+        free(v);
+        t.dtype = ST_BF16;
+        t.data = h;
+    } else {
+        t.dtype = ST_F32;
+        t.data = v;
+    }
+    if (ts->n == ts->cap) {
+        ts->cap = ts->cap ? 2 * ts->cap : 32;
+        ts->t = xrealloc(ts->t, (size_t)ts->cap * sizeof *ts->t);
+    }
+    ts->t[ts->n++] = t;
+}
+
+/* Every tensor of the model, named and ordered as transformers' state_dict. */
+static void init_build(init_tensors *ts, const init_options *o)
+{
+    const model_config *mc = &o->mc;
+    int64_t h = mc->hidden_size, q = (int64_t)mc->num_attention_heads * mc->head_dim;
+    int64_t kv = (int64_t)mc->num_key_value_heads * mc->head_dim, ff = mc->intermediate_size;
+
+    init_add(ts, o, INIT_NORMAL, mc->vocab_size, h, "model.embed_tokens.weight");
+    for (int l = 0; l < mc->num_hidden_layers; l++) {
+        const char *p = "model.layers";
+
+        /* attention: projections, their biases, the per-head q/k norms */
+        init_add(ts, o, INIT_NORMAL, q, h, "%s.%d.self_attn.q_proj.weight", p, l);
+        if (mc->attention_bias)
+            init_add(ts, o, INIT_ZERO, q, 0, "%s.%d.self_attn.q_proj.bias", p, l);
+        init_add(ts, o, INIT_NORMAL, kv, h, "%s.%d.self_attn.k_proj.weight", p, l);
+        if (mc->attention_bias)
+            init_add(ts, o, INIT_ZERO, kv, 0, "%s.%d.self_attn.k_proj.bias", p, l);
+        init_add(ts, o, INIT_NORMAL, kv, h, "%s.%d.self_attn.v_proj.weight", p, l);
+        if (mc->attention_bias)
+            init_add(ts, o, INIT_ZERO, kv, 0, "%s.%d.self_attn.v_proj.bias", p, l);
+        init_add(ts, o, INIT_NORMAL, h, q, "%s.%d.self_attn.o_proj.weight", p, l);
+        if (mc->o_bias)
+            init_add(ts, o, INIT_ZERO, h, 0, "%s.%d.self_attn.o_proj.bias", p, l);
+        if (mc->qk_norm) {
+            init_add(ts, o, INIT_ONE, mc->head_dim, 0, "%s.%d.self_attn.q_norm.weight", p, l);
+            init_add(ts, o, INIT_ONE, mc->head_dim, 0, "%s.%d.self_attn.k_norm.weight", p, l);
+        }
+
+        /* the SwiGLU MLP and the two norms */
+        init_add(ts, o, INIT_NORMAL, ff, h, "%s.%d.mlp.gate_proj.weight", p, l);
+        init_add(ts, o, INIT_NORMAL, ff, h, "%s.%d.mlp.up_proj.weight", p, l);
+        init_add(ts, o, INIT_NORMAL, h, ff, "%s.%d.mlp.down_proj.weight", p, l);
+        init_add(ts, o, INIT_ONE, h, 0, "%s.%d.input_layernorm.weight", p, l);
+        init_add(ts, o, INIT_ONE, h, 0, "%s.%d.post_attention_layernorm.weight", p, l);
+    }
+    init_add(ts, o, INIT_ONE, h, 0, "model.norm.weight");
+    if (!mc->tie_word_embeddings)
+        init_add(ts, o, INIT_NORMAL, mc->vocab_size, h, "lm_head.weight");
+}
+
+static void init_free(init_tensors *ts)
+{
+    for (int i = 0; i < ts->n; i++) {
+        free((void *)ts->t[i].name);
+        free((void *)ts->t[i].data);
+    }
+    free(ts->t);
+}
+
+/* ---- the other files of the folder ---- */
+
+static int init_write_generation_config(const init_options *o)
+{
+    json_t *g = json_object();
+    if (o->mc.bos_token_id >= 0)
+        json_object_set_new(g, "bos_token_id", json_integer(o->mc.bos_token_id));
+    if (o->mc.eos_token_id >= 0)
+        json_object_set_new(g, "eos_token_id", json_integer(o->mc.eos_token_id));
+    if (o->mc.bos_token_id >= 0)
+        json_object_set_new(g, "pad_token_id", json_integer(o->mc.bos_token_id));
+    json_object_set_new(g, "do_sample", json_false());
+    char *text = json_dumps(g, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(g);
+    char *body = xasprintf("%s\n", text);
+    char *path = xasprintf("%s/generation_config.json", o->out);
+    int rc = write_file_atomic(path, body, strlen(body));
+    free(path);
+    free(body);
+    free(text);
+    return rc;
+}
+
+/* The tokenizer folder: --tokenizer, else the bundled one (the build's share folder, then
+ * share/ next to the executable). */
+static int init_find_tokenizer(const init_options *o, char **dir)
+{
+    if (o->tokenizer) {
+        char *p = xasprintf("%s/tokenizer.json", o->tokenizer);
+        int ok = path_exists(p);
+        free(p);
+        if (!ok)
+            return err_set(RB_EXIT_INPUT, "init-model: --tokenizer %s has no tokenizer.json",
+                           o->tokenizer);
+        *dir = xstrdup(o->tokenizer);
+        return 0;
+    }
+    char exe[4096] = "";
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    char *exe_dir = xstrdup(dirname(exe));
+    char *cands[] = {
+        xasprintf("%s/qwen3-tokenizer", RUBRIC_SHARE_DIR),
+        xasprintf("%s/share/qwen3-tokenizer", exe_dir),
+        xasprintf("%s/../share/rubric/qwen3-tokenizer", exe_dir),
+    };
+    free(exe_dir);
+    *dir = NULL;
+    for (size_t i = 0; i < RB_ARRAY_LEN(cands); i++) {
+        char *p = xasprintf("%s/tokenizer.json", cands[i]);
+        if (!*dir && path_exists(p))
+            *dir = xstrdup(cands[i]);
+        free(p);
+    }
+    int rc = *dir ? 0 : err_set(RB_EXIT_INPUT, "init-model: the bundled tokenizer is not in "
+                                "%s or %s; pass --tokenizer DIR", cands[0], cands[1]);
+    for (size_t i = 0; i < RB_ARRAY_LEN(cands); i++)
+        free(cands[i]);
+    return rc;
+}
+
+static int init_copy_tokenizer(const init_options *o, const char *src)
+{
+    static const char *const files[] = {
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+    };
+    int rc = 0;
+    for (size_t i = 0; i < RB_ARRAY_LEN(files) && !rc; i++) {
+        char *from = xasprintf("%s/%s", src, files[i]);
+        char *to = xasprintf("%s/%s", o->out, files[i]);
+        char *data = NULL;
+        size_t n = 0;
+        if (path_exists(from) && !(rc = read_file(from, &data, &n)))
+            rc = write_file_atomic(to, data, n);
+        free(data);
+        free(from);
+        free(to);
+    }
+    return rc;
+}
+
+/* ---- the command ---- */
+
+static int init_model_run(const init_options *o)
+{
+    /* 1. the tokenizer first, so a missing one fails before anything is written */
+    char *tok_dir = NULL;
+    int rc = init_find_tokenizer(o, &tok_dir);
+    if (rc)
+        return rc;
+    if (o->mc.vocab_size < 151669 && !o->tokenizer)
+        log_warn("--vocab %d is smaller than the Qwen3 tokenizer's 151669 ids; token ids past "
+                 "it will be rejected", o->mc.vocab_size);
+    if ((rc = mkdir_p(o->out))) {
+        free(tok_dir);
+        return rc;
+    }
+
+    /* 2. the weights */
+    init_tensors ts = {0};
+    init_build(&ts, o);
+    int64_t params = 0;
+    for (int i = 0; i < ts.n; i++)
+        params += ts.t[i].shape[0] * (ts.t[i].ndim == 2 ? ts.t[i].shape[1] : 1);
+    const char *meta[] = {"format", "pt", NULL};
+    rc = safetensors_write_dir(o->out, ts.t, ts.n, meta, o->max_shard_bytes);
+    init_free(&ts);
+
+    /* 3. config.json, generation_config.json, the tokenizer files */
+    if (!rc) rc = model_config_save(&o->mc, o->out);
+    if (!rc) rc = init_write_generation_config(o);
+    if (!rc) rc = init_copy_tokenizer(o, tok_dir);
+    if (!rc)
+        log_info("wrote %s: %s, hidden %d, %d layers, %d/%d heads x %d, MLP %d, vocab %d, %s "
+                 "embeddings, %lld parameters (%s), seed %llu", o->out, o->mc.model_type,
+                 o->mc.hidden_size, o->mc.num_hidden_layers, o->mc.num_attention_heads,
+                 o->mc.num_key_value_heads, o->mc.head_dim, o->mc.intermediate_size,
+                 o->mc.vocab_size, o->mc.tie_word_embeddings ? "tied" : "untied",
+                 (long long)params, o->dtype, (unsigned long long)o->seed);
+    free(tok_dir);
+    return rc;
+}
 
 int cmd_init_model(int argc, char **argv)
 {
-    log_error("'%s' is not implemented in this build yet", argv[0]);
-    return RB_EXIT_RUNTIME;
+    init_options o;
+    int rc = init_parse_args(&o, argc, argv);
+    if (!rc && o.help) {
+        init_usage(stdout);
+        return 0;
+    }
+    if (!rc)
+        rc = init_model_run(&o);
+    if (rc) {
+        log_error("%s", err_msg());
+        if (rc == RB_EXIT_INPUT)
+            fprintf(stderr, "(rubric init-model --help lists the options)\n");
+    }
+    return rc;
 }

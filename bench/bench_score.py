@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Scoring throughput: `rubric score` (CPU backend) vs transformers `generate` (greedy, torch CPU),
+same tiny model, same rows, same threads, same run; the prefix cache on vs off; a cost line.
+
+Model: a random Qwen3 made by `rubric init-model` (hidden 256, 4 layers, 4 heads / 2 kv heads of
+64, MLP 768, the real 151,936-token vocabulary, f32). Rows: the first --rows rows of ELLIPSE
+(its rubric is ~400 tokens, shared by every row) with each essay cut to --input-chars
+characters; synthetic rows of the same shape when ../shared/data is absent. Both sides render
+the same Qwen3 chat prompt (system = rubric, user = essay, empty think block) and decode up to
+2K tokens greedily, stopping at <|im_end|>; rubric additionally constrains to the score grammar
+(the model is random, so it never stops early on either side: both decode the full 2K tokens).
+
+transformers is timed twice: one row at a time, and --batch rows per call with left padding;
+the faster of the two is the reference for the ratio. Model loading is outside every timing.
+The cost line turns rows/s into cost per million rows at --gpu-hour-cost per worker-hour.
+
+usage (from the source root, after building build-score):
+  python3 bench/bench_score.py [--build build-score] [--threads 2] [--rows 16] [--batch 8]
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+K = 6
+
+
+def rubric_bin(build):
+    return os.path.join(build, "rubric")
+
+
+def make_model(build, folder):
+    subprocess.run([rubric_bin(build), "init-model", "--out", folder, "--hidden", "256",
+                    "--layers", "4", "--heads", "4", "--kv-heads", "2", "--head-dim", "64",
+                    "--intermediate", "768", "--dtype", "f32", "--seed", "7"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def make_rows(path, n, input_chars):
+    src = os.path.join("..", "shared", "data", "ellipse", "train.jsonl")
+    rows = []
+    if os.path.exists(src):
+        with open(src) as f:
+            for line in f:
+                r = json.loads(line)
+                rows.append({"instruction": r["instruction"], "input": r["input"][:input_chars],
+                             "output": r["output"]})
+                if len(rows) == n:
+                    break
+    else:
+        rubric = ("Score the essay on six measures: cohesion, syntax, vocabulary, phraseology, "
+                  "grammar and conventions, each from 1 to 5. ") * 20
+        for i in range(n):
+            rows.append({"instruction": rubric, "input": ("Essay %d. " % i) * (input_chars // 9),
+                         "output": "3 3 3 3 3 3"})
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return rows
+
+
+def run_rubric(build, model, rows_path, out, threads, batch, prefix_cache):
+    cfg = out + ".yml"
+    with open(cfg, "w") as f:
+        f.write("base_model: %s\nchat_template: qwen3\nscore_min: 0\nscore_max: 5\n" % model)
+    cmd = [rubric_bin(build), "score", "--config", cfg, "--input", rows_path, "--output", out,
+           "--batch-rows", str(batch), "--backend", "cpu", "--num-scores", str(K)]
+    if not prefix_cache:
+        cmd.append("--no-prefix-cache")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit("rubric score failed:\n" + p.stderr[-3000:])
+    m = re.search(r"scored (\d+) rows in ([0-9.]+) s", p.stderr)
+    rows, secs = int(m.group(1)), float(m.group(2))
+    with open(out) as f:
+        preds = [json.loads(line) for line in f]
+    return rows / secs, preds
+
+
+HF_CHILD = r"""
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model_dir, rows_path, threads, batch, k = sys.argv[1:6]
+threads, batch, k = int(threads), int(batch), int(k)
+torch.set_num_threads(threads)
+tok = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+rows = [json.loads(l) for l in open(rows_path)]
+prompts = [tok.apply_chat_template([{"role": "system", "content": r["instruction"]},
+                                    {"role": "user", "content": r["input"]}],
+                                   tokenize=False, add_generation_prompt=True,
+                                   enable_thinking=False) for r in rows]
+im_end = tok.convert_tokens_to_ids("<|im_end|>")
+pad = tok.convert_tokens_to_ids("<|endoftext|>")
+out = {}
+with torch.inference_mode():
+    for bs in (1, batch):
+        tok.padding_side = "left"
+        t0 = time.perf_counter()
+        for at in range(0, len(prompts), bs):
+            enc = tok(prompts[at:at + bs], return_tensors="pt", padding=True)
+            model.generate(**enc, max_new_tokens=2 * k, do_sample=False, eos_token_id=im_end,
+                           pad_token_id=pad)
+        out[str(bs)] = len(prompts) / (time.perf_counter() - t0)
+print(json.dumps(out))
+"""
+
+
+def run_hf(model, rows_path, threads, batch):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    p = subprocess.run([sys.executable, "-c", HF_CHILD, model, rows_path, str(threads),
+                        str(batch), str(K)], env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit("transformers side failed:\n" + p.stderr[-3000:])
+    return {int(k): v for k, v in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default="build-score")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--input-chars", type=int, default=600)
+    ap.add_argument("--gpu-hour-cost", type=float, default=1.0)
+    a = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="rubric-bench-score-") as tmp:
+        model = os.path.join(tmp, "model")
+        rows_path = os.path.join(tmp, "rows.jsonl")
+        make_model(a.build, model)
+        make_rows(rows_path, a.rows, a.input_chars)
+        with open(os.path.join(model, "tokenizer_config.json")) as f:
+            assert "chat_template" in json.load(f)
+
+        cached, preds_c = run_rubric(a.build, model, rows_path, os.path.join(tmp, "c.jsonl"),
+                                     a.threads, a.batch, True)
+        whole, preds_w = run_rubric(a.build, model, rows_path, os.path.join(tmp, "w.jsonl"),
+                                    a.threads, a.batch, False)
+        hf = run_hf(model, rows_path, a.threads, a.batch)
+
+    same = [p["scores"] for p in preds_c] == [p["scores"] for p in preds_w]
+    ref_bs = max(hf, key=hf.get)
+    print("scoring %d ELLIPSE-shaped rows (~400-token rubric, essays cut to %d chars), K=%d, "
+          "%d threads, random Qwen3 h256 x4 layers, vocab 151936" %
+          (a.rows, a.input_chars, K, a.threads))
+    print("  %-42s %9s %9s" % ("", "rows/s", "ratio"))
+    print("  %-42s %9.2f %9s" % ("transformers generate, 1 row per call", hf[1], ""))
+    print("  %-42s %9.2f %9s" % ("transformers generate, %d rows per call" % a.batch,
+                                 hf[a.batch], ""))
+    print("  %-42s %9.2f %8.2fx" % ("rubric score, prefix cache off", whole,
+                                    whole / hf[ref_bs]))
+    print("  %-42s %9.2f %8.2fx" % ("rubric score, prefix cache on", cached,
+                                    cached / hf[ref_bs]))
+    print("  prefix cache on/off: %.2fx; scores identical with and without: %s" %
+          (cached / whole, "yes" if same else "NO"))
+    print("  (ratios against transformers' faster setting, %d row(s) per call; goal 3x)" % ref_bs)
+    print("cost: %.2f rows/s per worker -> %.4f per million rows at gpu_hour_cost %.2f" %
+          (cached, a.gpu_hour_cost / 3600.0 / cached * 1e6, a.gpu_hour_cost))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1085 @@
+/* score.c: data-parallel batch scoring: rank 0 streams, reorders and journals; workers score
+ * (see score.h for the protocol, the output format and the journal). */
+#include "score.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "comm.h"
+#include "jsonl.h"
+#include "log.h"
+#include "metrics.h"
+#include "scorer.h"
+#include "util.h"
+
+/* MPI tags of the scoring protocol (MPI_COMM_WORLD). */
+enum { TAG_CHUNK = 0x5c01, TAG_RESULT = 0x5c02, TAG_STOP = 0x5c03 };
+
+/* A chunk message: chunk_header, uint32_t lens[n_rows], then the lines' bytes. */
+typedef struct {
+    int64_t chunk_id;
+    int64_t first_row;
+    int32_t n_rows;
+    int32_t pad;
+} chunk_header;
+
+/* A result message: result_header, then n_rows output lines, each ending in '\n'. */
+typedef struct {
+    int64_t chunk_id;
+    int32_t n_rows, n_ok, n_off_grammar, n_bad;
+} result_header;
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} byte_buf;
+
+static void buf_reserve(byte_buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return;
+    b->cap = RB_MAX(b->cap * 2, b->len + extra + 4096);
+    b->data = xrealloc(b->data, b->cap);
+}
+
+static void buf_put(byte_buf *b, const void *p, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+/* An MPI call that failed (a rank died, most likely) ends the job with a clear message. */
+static void mpi_ok(int rc, const char *what)
+{
+    if (rc != MPI_SUCCESS)
+        rb_die_err(comm_check_mpi(rc, what, MPI_COMM_WORLD));
+}
+
+#define K_SCAN_ROWS 10000
+
+void score_options_defaults(score_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->score_min = 0;
+    o->score_max = 5;
+    o->chunk_rows = 64;
+    o->batch_rows = 8;
+    o->prefix_cache = 1;
+    o->style = PROMPT_STYLE_QWEN3;
+    o->backend = "auto";
+}
+
+int score_options_from_config(score_options *o, const rubric_config *cfg)
+{
+    o->score_min = cfg->score_min;
+    o->score_max = cfg->score_max;
+    if (cfg->score_batch_size > 0)
+        o->batch_rows = cfg->score_batch_size;
+    o->gpu_hour_cost = cfg->gpu_hour_cost;
+    if (cfg->tokenizer_dir)
+        o->tokenizer_dir = cfg->tokenizer_dir;
+    if (!o->model_dir)
+        o->model_dir = cfg->base_model_dir ? cfg->base_model_dir : cfg->base_model;
+    o->eos_token = cfg->eos_token;
+    return prompt_style_from_config(cfg, &o->style);
+}
+
+char *score_default_metrics_path(const char *output)
+{
+    size_t n = strlen(output);
+    if (n > 6 && strcmp(output + n - 6, ".jsonl") == 0)
+        n -= 6;
+    return xasprintf("%.*s.metrics.json", (int)n, output);
+}
+
+int score_parse_answer(const char *text, int k, int score_min, int score_max, int *scores)
+{
+    const char *p = text;
+    for (int i = 0; i < k; i++) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno)
+            return err_set(RB_EXIT_INPUT, "expected %d scores, found %d", k, i);
+        if (v < score_min || v > score_max)
+            return err_set(RB_EXIT_INPUT, "score %ld is outside %d..%d", v, score_min,
+                           score_max);
+        scores[i] = (int)v;
+        p = end;
+        if (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            return err_set(RB_EXIT_INPUT, "'%c' after score %d is not a separator", *p, i + 1);
+    }
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if (*p)
+        return err_set(RB_EXIT_INPUT, "more than %d scores", k);
+    return 0;
+}
+
+/* ======================================================================================== */
+/* The worker's side: parse the rows of a chunk, score them, format the output lines.       */
+/* ======================================================================================== */
+
+typedef struct {
+    const score_options *o;
+    scorer_backend *backend;
+    scorer_row *rows;
+    scorer_result *results;
+    int *slot;          /* per line: index into rows, or -1 for a bad line */
+    char **errors;      /* per line: why it is bad */
+    int cap;
+    byte_buf out;
+} score_worker;
+
+/* The fake model of --fake-model: scores from a hash of the row. */
+typedef struct {
+    scorer_backend base;
+    int k, score_min, score_max, delay_us;
+} fake_backend;
+
+static int fake_score_rows(scorer_backend *b, const scorer_row *rows, int n, scorer_result *out)
+{
+    fake_backend *f = (fake_backend *)b;
+    for (int r = 0; r < n; r++) {
+        XXH64_state_t *st = XXH64_createState();
+        XXH64_reset(st, 0);
+        XXH64_update(st, rows[r].instruction, rows[r].instruction_len);
+        XXH64_update(st, "\x1f", 1);
+        XXH64_update(st, rows[r].input, rows[r].input_len);
+        uint64_t h = XXH64_digest(st);
+        XXH64_freeState(st);
+        memset(&out[r], 0, sizeof out[r]);
+        out[r].ok = 1;
+        out[r].n_scores = f->k;
+        for (int i = 0; i < f->k; i++) {
+            uint64_t hi = XXH64(&h, sizeof h, (uint64_t)i + 1);
+            out[r].scores[i] = f->score_min + (int)(hi % (uint64_t)(f->score_max - f->score_min
+                                                                    + 1));
+        }
+        out[r].off_grammar = (h >> 56) % 16 == 0;
+        if (f->delay_us > 0)
+            usleep((useconds_t)f->delay_us);
+    }
+    return 0;
+}
+
+static void fake_destroy(scorer_backend *b) { free(b); }
+
+static scorer_backend *fake_backend_new(const score_options *o, int k)
+{
+    fake_backend *f = xcalloc(1, sizeof *f);
+    f->base.score_rows = fake_score_rows;
+    f->base.destroy = fake_destroy;
+    f->k = k;
+    f->score_min = o->score_min;
+    f->score_max = o->score_max;
+    f->delay_us = o->fake_delay_us;
+    return &f->base;
+}
+
+static int worker_open(score_worker *w, const score_options *o, int k)
+{
+    memset(w, 0, sizeof *w);
+    w->o = o;
+    if (o->fake_model) {
+        w->backend = fake_backend_new(o, k);
+        return 0;
+    }
+    scorer_options so;
+    scorer_options_defaults(&so);
+    so.model_dir = o->model_dir;
+    so.tokenizer_dir = o->tokenizer_dir;
+    so.adapter = o->adapter;
+    so.style = o->style;
+    so.eos_token = o->eos_token;
+    so.k = k;
+    so.score_min = o->score_min;
+    so.score_max = o->score_max;
+    so.batch_rows = o->batch_rows;
+    so.prefix_cache = o->prefix_cache;
+    so.max_prompt_tokens = o->max_prompt_tokens;
+    so.backend = o->backend;
+    so.model = o->model;
+    scorer *s;
+    int rc = scorer_new(&s, &so);
+    if (rc)
+        return rc;
+    w->backend = scorer_backend_new(s);
+    return 0;
+}
+
+static void worker_close(score_worker *w)
+{
+    if (w->backend)
+        w->backend->destroy(w->backend);
+    for (int i = 0; i < w->cap; i++)
+        free(w->errors[i]);
+    free(w->rows);
+    free(w->results);
+    free(w->slot);
+    free(w->errors);
+    free(w->out.data);
+    memset(w, 0, sizeof *w);
+}
+
+static void worker_reserve(score_worker *w, int n)
+{
+    if (n <= w->cap)
+        return;
+    w->rows = xrealloc(w->rows, sizeof *w->rows * (size_t)n);
+    w->results = xrealloc(w->results, sizeof *w->results * (size_t)n);
+    w->slot = xrealloc(w->slot, sizeof *w->slot * (size_t)n);
+    w->errors = xrealloc(w->errors, sizeof *w->errors * (size_t)n);
+    for (int i = w->cap; i < n; i++)
+        w->errors[i] = NULL;
+    w->cap = n;
+}
+
+/* A string field of a row: absent is "" when optional, otherwise an error. */
+static int row_field(json_t *obj, const char *key, int optional, const char **s, size_t *n,
+                     char **why)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v && optional) {
+        *s = "";
+        *n = 0;
+        return 0;
+    }
+    if (!json_is_string(v)) {
+        *why = xasprintf("field \"%s\" %s", key, v ? "is not a string" : "is missing");
+        return 1;
+    }
+    *s = json_string_value(v);
+    *n = json_string_length(v);
+    return 0;
+}
+
+/* Parse one line into rows[n]; on failure record why. Returns the parsed object (kept alive
+ * until the chunk is scored) or NULL. */
+static json_t *worker_parse_line(score_worker *w, int line, const char *text, size_t len,
+                                 int64_t row, int *n_rows)
+{
+    char detail[256] = "";
+    json_t *obj = NULL;
+    int st = jsonl_parse(text, len, &obj, detail, sizeof detail);
+    free(w->errors[line]);
+    w->errors[line] = NULL;
+    w->slot[line] = -1;
+    if (st != JSONL_OK) {
+        w->errors[line] = xasprintf("line %lld: %s%s%s", (long long)row + 1,
+                                    jsonl_status_name(st), detail[0] ? ": " : "", detail);
+        return NULL;
+    }
+    scorer_row *r = &w->rows[*n_rows];
+    char *why = NULL;
+    if (row_field(obj, "instruction", 0, &r->instruction, &r->instruction_len, &why) ||
+        row_field(obj, "input", 1, &r->input, &r->input_len, &why)) {
+        w->errors[line] = xasprintf("line %lld: %s", (long long)row + 1, why);
+        free(why);
+        json_decref(obj);
+        return NULL;
+    }
+    w->slot[line] = (*n_rows)++;
+    return obj;
+}
+
+static void format_text(char *buf, size_t n, const int *scores, int k)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < k && at + 3 < n; i++)
+        at += (size_t)snprintf(buf + at, n - at, i ? " %d" : "%d", scores[i]);
+}
+
+/* One output line (with its '\n') for a row. */
+static void put_output_line(byte_buf *out, int64_t row, const scorer_result *r,
+                            const char *error, result_header *h)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "row", json_integer(row));
+    if (r && r->ok) {
+        json_t *scores = json_array();
+        for (int i = 0; i < r->n_scores; i++)
+            json_array_append_new(scores, json_integer(r->scores[i]));
+        char text[3 * GRAMMAR_MAX_K + 1];
+        format_text(text, sizeof text, r->scores, r->n_scores);
+        json_object_set_new(o, "scores", scores);
+        json_object_set_new(o, "text", json_string(text));
+        json_object_set_new(o, "status", json_string(r->off_grammar ? "off_grammar" : "ok"));
+        h->n_ok += !r->off_grammar;
+        h->n_off_grammar += r->off_grammar != 0;
+    } else {
+        json_object_set_new(o, "scores", json_null());
+        json_object_set_new(o, "text", json_null());
+        json_object_set_new(o, "status", json_string("bad_row"));
+        json_object_set_new(o, "error", json_string(r ? r->error : error));
+        h->n_bad++;
+    }
+    char *line = json_dumps(o, JSON_ENSURE_ASCII);
+    json_decref(o);
+    buf_put(out, line, strlen(line));
+    buf_put(out, "\n", 1);
+    free(line);
+}
+
+/* Score one chunk message into w->out (a result message). */
+static int worker_process(score_worker *w, const char *msg, size_t len)
+{
+    chunk_header ch;
+    if (len < sizeof ch)
+        return err_set(RB_EXIT_RUNTIME, "score protocol: a chunk message of %zu bytes", len);
+    memcpy(&ch, msg, sizeof ch);
+    int n = ch.n_rows;
+    worker_reserve(w, n);
+    const uint32_t *lens = (const uint32_t *)(msg + sizeof ch);
+    const char *text = msg + sizeof ch + sizeof(uint32_t) * (size_t)n;
+    json_t **objs = xcalloc((size_t)RB_MAX(n, 1), sizeof *objs);
+
+    /* parse every line; the good ones become scorer rows */
+    int n_rows = 0;
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t li;
+        memcpy(&li, &lens[i], sizeof li);
+        objs[i] = worker_parse_line(w, i, text + at, li, ch.first_row + i, &n_rows);
+        at += li;
+    }
+
+    /* score them */
+    int rc = n_rows ? w->backend->score_rows(w->backend, w->rows, n_rows, w->results) : 0;
+
+    /* format the output lines in input order */
+    result_header h = {ch.chunk_id, n, 0, 0, 0};
+    w->out.len = 0;
+    buf_put(&w->out, &h, sizeof h);
+    for (int i = 0; i < n && !rc; i++) {
+        const scorer_result *r = w->slot[i] >= 0 ? &w->results[w->slot[i]] : NULL;
+        put_output_line(&w->out, ch.first_row + i, r, w->errors[i], &h);
+    }
+    memcpy(w->out.data, &h, sizeof h);
+    for (int i = 0; i < n; i++)
+        json_decref(objs[i]);
+    free(objs);
+    return rc;
+}
+
+/* The loop of ranks 1..N: take chunks from rank 0 until told to stop. */
+static int worker_loop(score_worker *w)
+{
+    byte_buf in = {0};
+    for (;;) {
+        MPI_Status st;
+        mpi_ok(MPI_Probe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &st), "waiting for a chunk");
+        int count;
+        MPI_Get_count(&st, MPI_BYTE, &count);
+        buf_reserve(&in, (size_t)count + 1);
+        mpi_ok(MPI_Recv(in.data, count, MPI_BYTE, 0, st.MPI_TAG, MPI_COMM_WORLD,
+                        MPI_STATUS_IGNORE), "receiving a chunk");
+        if (st.MPI_TAG == TAG_STOP)
+            break;
+        int rc = worker_process(w, in.data, (size_t)count);
+        if (rc)
+            rb_die_err(rc);
+        mpi_ok(MPI_Send(w->out.data, (int)w->out.len, MPI_BYTE, 0, TAG_RESULT, MPI_COMM_WORLD),
+               "sending results to rank 0");
+    }
+    free(in.data);
+    return 0;
+}
+
+/* ======================================================================================== */
+/* Rank 0: stream the input, reorder the results, write the output and the journal.          */
+/* ======================================================================================== */
+
+typedef struct {
+    int filled;
+    char *data;
+    size_t len;
+    result_header h;
+} reorder_slot;
+
+typedef struct {
+    const score_options *o;
+    int k;
+    jsonl_reader in;
+    int eof;
+    int64_t next_row;        /* next input row to read */
+    int64_t next_chunk;      /* next chunk id to hand out */
+    /* reorder window */
+    int window;
+    reorder_slot *slots;
+    int64_t next_write;      /* chunk id written next */
+    /* output and journal */
+    char *partial_path, *journal_path;
+    FILE *out, *journal;
+    int64_t out_bytes, rows_written;
+    int64_t n_ok, n_off_grammar, n_bad;
+    progress prog;
+    double t_start;
+} score_coord;
+
+/* The journal's first line: what the partial output was made from. */
+static char *journal_header(const score_options *o, int k)
+{
+    struct stat sb;
+    int64_t size = stat(o->input, &sb) == 0 ? (int64_t)sb.st_size : -1;
+    int64_t mtime = stat(o->input, &sb) == 0 ? (int64_t)sb.st_mtime : -1;
+    json_t *h = json_pack("{s:s, s:i, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:s?, s:s?, s:b, s:i}",
+                          "journal", "rubric-score", "version", 1, "input", o->input,
+                          "input_size", (json_int_t)size, "input_mtime", (json_int_t)mtime,
+                          "chunk_rows", o->chunk_rows, "scores_per_row", k,
+                          "score_min", o->score_min, "score_max", o->score_max,
+                          "model", o->fake_model ? NULL : o->model_dir,
+                          "adapter", o->adapter, "fake_model", o->fake_model,
+                          "prompt_style", (int)o->style);
+    char *text = json_dumps(h, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(h);
+    return text;
+}
+
+static int fsync_file(FILE *fp, const char *path)
+{
+    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0)
+        return err_set(RB_EXIT_RUNTIME, "%s: cannot write: %s (is the disk full?)", path,
+                       strerror(errno));
+    return 0;
+}
+
+/* Read the journal: the header must match, and the last complete commit gives the rows and
+ * output bytes already safe. */
+static int journal_read(const char *path, const char *want_header, int64_t *rows,
+                        int64_t *bytes)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return err_set(RB_EXIT_RUNTIME, "%s: cannot open: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, fp);
+    int rc = 0;
+    json_t *have = n > 0 ? json_loads(line, 0, NULL) : NULL;
+    json_t *want = json_loads(want_header, 0, NULL);
+    if (!have || !json_equal(have, want))
+        rc = err_set(RB_EXIT_INPUT, "%s: this journal belongs to a run with other inputs or "
+                     "options (input file, its size or date, chunk size, score shape, model); "
+                     "drop --resume to start over", path);
+    *rows = *bytes = 0;
+    while (!rc && (n = getline(&line, &cap, fp)) > 0) {
+        long long r, b;
+        if (line[n - 1] != '\n')
+            break; /* a commit torn by the kill: the one before it stands */
+        if (sscanf(line, "commit %lld %lld", &r, &b) == 2)
+            *rows = r, *bytes = b;
+    }
+    json_decref(have);
+    json_decref(want);
+    free(line);
+    fclose(fp);
+    return rc;
+}
+
+/* Skip the rows already written on a resume. */
+static int coord_skip_rows(score_coord *c, int64_t rows)
+{
+    for (int64_t i = 0; i < rows; i++) {
+        int got = jsonl_next(&c->in);
+        if (got < 0)
+            return RB_EXIT_RUNTIME;
+        if (got == 0)
+            return err_set(RB_EXIT_INPUT, "%s: has %lld lines, but the journal says %lld were "
+                           "scored; was the input changed? drop --resume to start over",
+                           c->o->input, (long long)i, (long long)rows);
+    }
+    c->next_row = rows;
+    c->next_chunk = c->next_write = rows / c->o->chunk_rows;
+    c->rows_written = rows;
+    return 0;
+}
+
+static int coord_resume(score_coord *c, const char *header)
+{
+    int64_t rows = 0, bytes = 0;
+    int rc = journal_read(c->journal_path, header, &rows, &bytes);
+    if (rc)
+        return rc;
+    struct stat sb;
+    if (stat(c->partial_path, &sb) != 0 || sb.st_size < bytes)
+        return err_set(RB_EXIT_INPUT, "%s: missing or shorter than the journal %s says; drop "
+                       "--resume to start over", c->partial_path, c->journal_path);
+    if (truncate(c->partial_path, (off_t)bytes) != 0)
+        return err_set(RB_EXIT_RUNTIME, "%s: cannot truncate: %s", c->partial_path,
+                       strerror(errno));
+    c->out = fopen(c->partial_path, "ab");
+    c->journal = fopen(c->journal_path, "ab");
+    if (!c->out || !c->journal)
+        return err_set(RB_EXIT_RUNTIME, "%s: cannot open for appending: %s", c->partial_path,
+                       strerror(errno));
+    c->out_bytes = bytes;
+    log_info("resuming %s: %lld rows already scored", c->o->output, (long long)rows);
+    return coord_skip_rows(c, rows);
+}
+
+static int coord_start_fresh(score_coord *c, const char *header)
+{
+    c->out = fopen(c->partial_path, "wb");
+    c->journal = fopen(c->journal_path, "wb");
+    if (!c->out || !c->journal)
+        return err_set(RB_EXIT_RUNTIME, "%s: cannot create: %s (check the output folder)",
+                       c->out ? c->journal_path : c->partial_path, strerror(errno));
+    fprintf(c->journal, "%s\n", header);
+    int rc = fsync_file(c->out, c->partial_path);
+    return rc ? rc : fsync_file(c->journal, c->journal_path);
+}
+
+static int coord_open(score_coord *c, const score_options *o, int k, int n_workers)
+{
+    memset(c, 0, sizeof *c);
+    c->o = o;
+    c->k = k;
+    c->window = o->window_chunks > 0 ? o->window_chunks : RB_MAX(16, 4 * n_workers);
+    c->slots = xcalloc((size_t)c->window, sizeof *c->slots);
+    c->partial_path = xasprintf("%s.partial", o->output);
+    c->journal_path = xasprintf("%s.journal", o->output);
+    int rc = jsonl_open(&c->in, o->input);
+    if (rc)
+        return rc;
+
+    char *header = journal_header(o, k);
+    int have_journal = path_exists(c->journal_path);
+    if (o->resume && have_journal)
+        rc = coord_resume(c, header);
+    else {
+        if (o->resume)
+            log_warn("--resume: no journal %s; scoring from the first row", c->journal_path);
+        else if (have_journal)
+            log_warn("%s: an earlier run of this output was interrupted; starting over (use "
+                     "--resume to continue it instead)", c->journal_path);
+        rc = coord_start_fresh(c, header);
+    }
+    free(header);
+    c->t_start = now_seconds();
+    progress_start(&c->prog, "scoring", 0, "rows");
+    progress_update(&c->prog, c->rows_written);
+    return rc;
+}
+
+/* Read the next chunk of input lines into a chunk message. Returns its row count (0 at the
+ * end of the input) or -1 on a read error. */
+static int coord_read_chunk(score_coord *c, byte_buf *msg)
+{
+    if (c->eof)
+        return 0;
+    byte_buf text = {0};
+    uint32_t *lens = xmalloc(sizeof *lens * (size_t)c->o->chunk_rows);
+    int n = 0;
+    while (n < c->o->chunk_rows) {
+        int got = jsonl_next(&c->in);
+        if (got < 0) {
+            n = -1;
+            break;
+        }
+        if (got == 0) {
+            c->eof = 1;
+            break;
+        }
+        lens[n++] = (uint32_t)c->in.len;
+        buf_put(&text, c->in.line, c->in.len);
+    }
+    if (n > 0) {
+        chunk_header h = {c->next_chunk++, c->next_row, n, 0};
+        c->next_row += n;
+        msg->len = 0;
+        buf_put(msg, &h, sizeof h);
+        buf_put(msg, lens, sizeof *lens * (size_t)n);
+        if (text.len)
+            buf_put(msg, text.data, text.len);
+    }
+    free(lens);
+    free(text.data);
+    return n;
+}
+
+/* Keep a result until its turn comes. */
+static int coord_store(score_coord *c, const char *msg, size_t len)
+{
+    result_header h;
+    if (len < sizeof h)
+        return err_set(RB_EXIT_RUNTIME, "score protocol: a result message of %zu bytes", len);
+    memcpy(&h, msg, sizeof h);
+    if (h.chunk_id < c->next_write || h.chunk_id >= c->next_write + c->window)
+        return err_set(RB_EXIT_RUNTIME, "score protocol: chunk %lld is outside the window",
+                       (long long)h.chunk_id);
+    reorder_slot *s = &c->slots[h.chunk_id % c->window];
+    s->h = h;
+    s->len = len - sizeof h;
+    s->data = xmalloc(s->len + 1);
+    memcpy(s->data, msg + sizeof h, s->len);
+    s->filled = 1;
+    return 0;
+}
+
+/* Write every result whose turn has come, then commit them in the journal. */
+static int coord_drain(score_coord *c)
+{
+    int wrote = 0;
+    for (;;) {
+        reorder_slot *s = &c->slots[c->next_write % c->window];
+        if (!s->filled)
+            break;
+        if (s->len && fwrite(s->data, 1, s->len, c->out) != s->len)
+            return err_set(RB_EXIT_RUNTIME, "%s: cannot write: %s", c->partial_path,
+                           strerror(errno));
+        c->out_bytes += (int64_t)s->len;
+        c->rows_written += s->h.n_rows;
+        c->n_ok += s->h.n_ok;
+        c->n_off_grammar += s->h.n_off_grammar;
+        c->n_bad += s->h.n_bad;
+        free(s->data);
+        memset(s, 0, sizeof *s);
+        c->next_write++;
+        wrote = 1;
+    }
+    if (!wrote)
+        return 0;
+
+    /* the output first, then the commit that vouches for it */
+    int rc = fsync_file(c->out, c->partial_path);
+    if (rc)
+        return rc;
+    fprintf(c->journal, "commit %lld %lld\n", (long long)c->rows_written,
+            (long long)c->out_bytes);
+    rc = fsync_file(c->journal, c->journal_path);
+    progress_update(&c->prog, c->rows_written);
+    return rc;
+}
+
+static int coord_can_issue(const score_coord *c)
+{
+    return !c->eof && c->next_chunk < c->next_write + c->window;
+}
+
+/* Close the output: rename it into place and drop the journal. */
+static int coord_finish(score_coord *c)
+{
+    progress_finish(&c->prog);
+    int rc = fsync_file(c->out, c->partial_path);
+    fclose(c->out);
+    c->out = NULL;
+    if (!rc)
+        rc = rename_durable(c->partial_path, c->o->output);
+    if (!rc) {
+        fclose(c->journal);
+        c->journal = NULL;
+        if (unlink(c->journal_path) != 0)
+            log_warn("%s: cannot remove: %s", c->journal_path, strerror(errno));
+    }
+    return rc;
+}
+
+static void coord_close(score_coord *c)
+{
+    if (c->out)
+        fclose(c->out);
+    if (c->journal)
+        fclose(c->journal);
+    for (int i = 0; i < c->window; i++)
+        free(c->slots[i].data);
+    free(c->slots);
+    free(c->partial_path);
+    free(c->journal_path);
+    jsonl_close(&c->in);
+}
+
+/* One process: rank 0 scores every chunk itself. */
+static int coord_run_local(score_coord *c, score_worker *w)
+{
+    byte_buf msg = {0};
+    int rc = 0, n;
+    while (!rc && (n = coord_read_chunk(c, &msg)) > 0) {
+        rc = worker_process(w, msg.data, msg.len);
+        if (!rc)
+            rc = coord_store(c, w->out.data, w->out.len);
+        if (!rc)
+            rc = coord_drain(c);
+    }
+    if (!rc && n < 0)
+        rc = RB_EXIT_RUNTIME;
+    free(msg.data);
+    return rc;
+}
+
+typedef struct {
+    byte_buf msg;
+    MPI_Request req;
+    int busy;
+} worker_slot;
+
+/* Hand worker w the next chunk, if the input and the window allow. */
+static int coord_issue(score_coord *c, worker_slot *ws, int w)
+{
+    if (ws->busy || !coord_can_issue(c))
+        return 0;
+    if (ws->req != MPI_REQUEST_NULL)
+        mpi_ok(MPI_Wait(&ws->req, MPI_STATUS_IGNORE), "sending a chunk");
+    int n = coord_read_chunk(c, &ws->msg);
+    if (n < 0)
+        return RB_EXIT_RUNTIME;
+    if (n == 0)
+        return 0;
+    mpi_ok(MPI_Isend(ws->msg.data, (int)ws->msg.len, MPI_BYTE, w, TAG_CHUNK, MPI_COMM_WORLD,
+                     &ws->req), "sending a chunk");
+    ws->busy = 1;
+    return 0;
+}
+
+/* Under MPI: chunks to whichever worker is free, results back in any order. */
+static int coord_run_mpi(score_coord *c, int world)
+{
+    worker_slot *ws = xcalloc((size_t)world, sizeof *ws);
+    for (int w = 1; w < world; w++)
+        ws[w].req = MPI_REQUEST_NULL;
+    byte_buf res = {0};
+    int rc = 0, busy = 0;
+    for (int w = 1; w < world && !rc; w++) {
+        rc = coord_issue(c, &ws[w], w);
+        busy += ws[w].busy;
+    }
+    while (!rc && busy > 0) {
+        MPI_Status st;
+        mpi_ok(MPI_Probe(MPI_ANY_SOURCE, TAG_RESULT, MPI_COMM_WORLD, &st),
+               "waiting for a worker's results");
+        int count;
+        MPI_Get_count(&st, MPI_BYTE, &count);
+        buf_reserve(&res, (size_t)count);
+        mpi_ok(MPI_Recv(res.data, count, MPI_BYTE, st.MPI_SOURCE, TAG_RESULT, MPI_COMM_WORLD,
+                        MPI_STATUS_IGNORE), "receiving a worker's results");
+        ws[st.MPI_SOURCE].busy = 0;
+        rc = coord_store(c, res.data, (size_t)count);
+        if (!rc)
+            rc = coord_drain(c);
+
+        /* the freed worker first, then any that waited for the window to move */
+        for (int i = 0; i < world - 1 && !rc; i++)
+            rc = coord_issue(c, &ws[1 + (st.MPI_SOURCE - 1 + i) % (world - 1)],
+                             1 + (st.MPI_SOURCE - 1 + i) % (world - 1));
+        busy = 0;
+        for (int w = 1; w < world; w++)
+            busy += ws[w].busy;
+    }
+    for (int w = 1; w < world; w++) {
+        if (ws[w].req != MPI_REQUEST_NULL)
+            mpi_ok(MPI_Wait(&ws[w].req, MPI_STATUS_IGNORE), "sending a chunk");
+        free(ws[w].msg.data);
+    }
+    free(ws);
+    free(res.data);
+    return rc;
+}
+
+static void stop_workers(int world)
+{
+    for (int w = 1; w < world; w++)
+        mpi_ok(MPI_Send(NULL, 0, MPI_BYTE, w, TAG_STOP, MPI_COMM_WORLD), "stopping a worker");
+}
+
+/* ======================================================================================== */
+/* Setup and the metrics pass.                                                               */
+/* ======================================================================================== */
+
+/* K from the first row with an "output" (within K_SCAN_ROWS rows). */
+static int infer_k(const score_options *o, int *k)
+{
+    jsonl_reader r;
+    int rc = jsonl_open(&r, o->input);
+    if (rc)
+        return rc;
+    *k = 0;
+    for (int i = 0; i < K_SCAN_ROWS && !*k && jsonl_next(&r) > 0; i++) {
+        json_t *obj = NULL;
+        if (jsonl_parse(r.line, r.len, &obj, NULL, 0) != JSONL_OK)
+            continue;
+        const char *out = json_string_value(json_object_get(obj, "output"));
+        for (const char *p = out; p && *p;) {
+            while (*p == ' ' || *p == '\t' || *p == '\n')
+                p++;
+            if (*p)
+                (*k)++;
+            while (*p && *p != ' ' && *p != '\t' && *p != '\n')
+                p++;
+        }
+        json_decref(obj);
+    }
+    jsonl_close(&r);
+    if (*k == 0)
+        return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: none of "
+                       "the first %d rows has an \"output\"; give --num-scores K", o->input,
+                       K_SCAN_ROWS);
+    if (*k > GRAMMAR_MAX_K)
+        return err_set(RB_EXIT_INPUT, "%s: line %lld: \"output\" has %d scores; at most %d "
+                       "are supported", o->input, (long long)r.lineno, *k, GRAMMAR_MAX_K);
+    return 0;
+}
+
+/* Checks of rank 0 before anything is written. */
+static int score_prepare(const score_options *o, int *k)
+{
+    if (!o->input || !o->output)
+        return err_set(RB_EXIT_INPUT, "--input and --output are required");
+    if (!o->fake_model && !o->model_dir && !o->model)
+        return err_set(RB_EXIT_INPUT, "no model: give --model DIR (or base_model in the "
+                       "config)");
+    if (o->chunk_rows < 1)
+        return err_set(RB_EXIT_INPUT, "--chunk-rows must be at least 1");
+    if (o->score_max - o->score_min + 1 > METRICS_MAX_RANGE || o->score_min > o->score_max)
+        return err_set(RB_EXIT_INPUT, "score range %d..%d is empty or too wide", o->score_min,
+                       o->score_max);
+    if (!path_exists(o->input))
+        return err_set(RB_EXIT_INPUT, "%s: no such file (check --input)", o->input);
+    *k = o->k;
+    int rc = o->k > 0 ? 0 : infer_k(o, k);
+    if (rc)
+        return rc;
+    char *dir = xstrdup(o->output);
+    rc = mkdir_p(dirname(dir));
+    free(dir);
+    return rc;
+}
+
+/* Read the truth of an input line: 1 with scores, 0 with no "output", -1 when unusable. */
+static int truth_of(const char *line, size_t len, int k, int lo, int hi, int *scores)
+{
+    json_t *obj = NULL;
+    if (jsonl_parse(line, len, &obj, NULL, 0) != JSONL_OK)
+        return -1;
+    json_t *out = json_object_get(obj, "output");
+    int rc = !out ? 0
+             : json_is_string(out) &&
+                     score_parse_answer(json_string_value(out), k, lo, hi, scores) == 0
+                 ? 1
+                 : -1;
+    json_decref(obj);
+    return rc;
+}
+
+/* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
+ * -1 when the line is not ours. */
+static int pred_of(const char *line, int k, int *scores, int *off_grammar)
+{
+    json_t *obj = json_loads(line, 0, NULL);
+    if (!obj)
+        return -1;
+    const char *status = json_string_value(json_object_get(obj, "status"));
+    json_t *arr = json_object_get(obj, "scores");
+    int rc = status && strcmp(status, "bad_row") == 0 ? 0 : -1;
+    if (status && rc && json_array_size(arr) == (size_t)k) {
+        for (int i = 0; i < k; i++)
+            scores[i] = (int)json_integer_value(json_array_get(arr, (size_t)i));
+        *off_grammar = strcmp(status, "off_grammar") == 0;
+        rc = 1;
+    }
+    json_decref(obj);
+    return rc;
+}
+
+/* The reference histograms for the majority baseline: every truth of a file. */
+static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, int64_t *n)
+{
+    metrics_acc ref;
+    int rc = metrics_init(&ref, k, lo, hi);
+    jsonl_reader r;
+    if (!rc)
+        rc = jsonl_open(&r, path);
+    if (rc)
+        return rc;
+    int t[METRICS_MAX_K];
+    while (jsonl_next(&r) > 0)
+        if (truth_of(r.line, r.len, k, lo, hi, t) == 1)
+            metrics_add_row(&ref, t, t, 0);
+    *n = ref.counts[METRICS_ROWS];
+    metrics_baseline_modes(&ref, modes);
+    jsonl_close(&r);
+    metrics_free(&ref);
+    return 0;
+}
+
+static int metrics_zip(const score_options *o, const char *preds_path, metrics_acc *m,
+                       metrics_acc *base, const int *modes)
+{
+    jsonl_reader in, pr;
+    int rc = jsonl_open(&in, o->input);
+    if (!rc && (rc = jsonl_open(&pr, preds_path)) != 0)
+        jsonl_close(&in);
+    if (rc)
+        return rc;
+    int t[METRICS_MAX_K], p[METRICS_MAX_K], og = 0;
+    while (!rc && jsonl_next(&in) > 0) {
+        if (jsonl_next(&pr) <= 0) {
+            rc = err_set(RB_EXIT_RUNTIME, "%s: fewer lines than %s", preds_path, o->input);
+            break;
+        }
+        int have_truth = truth_of(in.line, in.len, m->k, m->score_min, m->score_max, t);
+        int have_pred = pred_of(pr.line, m->k, p, &og);
+        if (have_pred < 0)
+            rc = err_set(RB_EXIT_RUNTIME, "%s:%lld: not a prediction line", preds_path,
+                         (long long)pr.lineno);
+        else if (have_truth < 0 || have_pred == 0)
+            metrics_add_bad(m), metrics_add_bad(base);
+        else if (have_truth == 0)
+            metrics_add_unlabelled(m), metrics_add_unlabelled(base);
+        else {
+            metrics_add_row(m, t, p, og);
+            metrics_add_row(base, t, modes, 0);
+        }
+    }
+    jsonl_close(&in);
+    jsonl_close(&pr);
+    return rc;
+}
+
+int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,
+                  int *labelled)
+{
+    int k = o->k;
+    int rc = k > 0 ? 0 : infer_k(o, &k);
+    if (rc)
+        return rc;
+    int modes[METRICS_MAX_K];
+    int64_t n_ref;
+    const char *ref = o->baseline_from ? o->baseline_from : o->input;
+    rc = baseline_modes(ref, k, o->score_min, o->score_max, modes, &n_ref);
+    if (rc)
+        return err_prefix(rc, "majority baseline");
+    metrics_acc m, base;
+    metrics_init(&m, k, o->score_min, o->score_max);
+    metrics_init(&base, k, o->score_min, o->score_max);
+    rc = metrics_zip(o, preds_path, &m, &base, modes);
+    *labelled = m.counts[METRICS_ROWS] > 0;
+    if (!rc && *labelled) {
+        metrics_print(stdout, &m, &base, modes);
+        fflush(stdout);
+        rc = metrics_write_json(metrics_path, &m, &base, modes);
+        if (!rc)
+            log_info("metrics: %s (majority baseline from %s, %lld rows)", metrics_path, ref,
+                     (long long)n_ref);
+    } else if (!rc) {
+        log_info("no row has a usable \"output\": no metrics");
+    }
+    metrics_free(&m);
+    metrics_free(&base);
+    return rc;
+}
+
+/* ======================================================================================== */
+/* The job.                                                                                  */
+/* ======================================================================================== */
+
+static void log_summary(const score_coord *c, int n_workers)
+{
+    double secs = now_seconds() - c->t_start;
+    int64_t done = c->n_ok + c->n_off_grammar + c->n_bad;
+    double rate = secs > 0 ? (double)done / secs : 0;
+    log_info("scored %lld rows in %.1f s (%.1f rows/s on %d worker%s): %lld ok, %lld "
+             "off-grammar, %lld bad", (long long)done, secs, rate, n_workers,
+             n_workers == 1 ? "" : "s", (long long)c->n_ok, (long long)c->n_off_grammar,
+             (long long)c->n_bad);
+    if (c->o->gpu_hour_cost > 0 && rate > 0)
+        log_info("cost: %.4f per million rows at gpu_hour_cost %.2f per worker-hour",
+                 c->o->gpu_hour_cost * n_workers / 3600.0 / rate * 1e6, c->o->gpu_hour_cost);
+}
+
+/* A --resume of a run that already finished (its journal is gone, the output is in place). */
+static int already_complete(const score_options *o)
+{
+    char *journal = xasprintf("%s.journal", o->output);
+    char *partial = xasprintf("%s.partial", o->output);
+    int done = o->resume && !path_exists(journal) && !path_exists(partial) &&
+               path_exists(o->output);
+    free(journal);
+    free(partial);
+    if (done)
+        log_info("--resume: %s is already complete; computing its metrics only", o->output);
+    return done;
+}
+
+static int coordinator_main(const score_options *o, int k, int world, score_worker *local)
+{
+    score_coord c;
+    int rc = 0;
+    if (already_complete(o)) {
+        if (world > 1)
+            stop_workers(world);
+        goto metrics;
+    }
+    rc = coord_open(&c, o, k, world - 1);
+    if (!rc)
+        rc = world > 1 ? coord_run_mpi(&c, world) : coord_run_local(&c, local);
+    if (rc && world > 1 && c.next_chunk > 0)
+        rb_die_err(rc); /* workers may be busy with a chunk: end the whole job */
+    if (world > 1)
+        stop_workers(world);
+    if (!rc)
+        rc = coord_finish(&c);
+    if (!rc)
+        log_summary(&c, RB_MAX(world - 1, 1));
+    coord_close(&c);
+    if (rc)
+        return rc;
+
+metrics:;
+    /* metrics from the finished output (a resumed run counts every row) */
+    char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
+                                  : score_default_metrics_path(o->output);
+    score_options with_k = *o;
+    with_k.k = k;
+    int labelled;
+    rc = score_metrics(&with_k, o->output, mpath, &labelled);
+    free(mpath);
+    return rc;
+}
+
+int score_run(const score_options *o)
+{
+    int rank, world;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+
+    /* rank 0 checks the job and tells everyone the shape (or that it failed) */
+    int setup[2] = {0, 0};
+    if (rank == 0)
+        setup[0] = score_prepare(o, &setup[1]);
+    mpi_ok(MPI_Bcast(setup, 2, MPI_INT, 0, MPI_COMM_WORLD), "sharing the job's shape");
+    if (setup[0])
+        return setup[0];
+    int k = setup[1];
+    if (rank == 0)
+        log_info("scoring %s -> %s: %d scores per row in %d..%d, %d worker%s, chunks of %d "
+                 "rows%s", o->input, o->output, k, o->score_min, o->score_max,
+                 RB_MAX(world - 1, 1), world > 2 ? "s" : "", o->chunk_rows,
+                 o->fake_model ? " (fake model)" : "");
+
+    /* the workers (or the single process) load the model */
+    score_worker w;
+    int rc = 0;
+    if (rank > 0 || world == 1) {
+        rc = worker_open(&w, o, k);
+        if (rc)
+            rb_die_err(rc);
+    }
+    if (rank > 0)
+        rc = worker_loop(&w);
+    else
+        rc = coordinator_main(o, k, world, world == 1 ? &w : NULL);
+    if (rank > 0 || world == 1)
+        worker_close(&w);
+    return rc;
+}

@@ -1,0 +1,91 @@
+/*
+ * score.h: data-parallel batch scoring (`rubric score`), rank 0's side and the workers' loop.
+ *
+ * Rank 0 streams the input JSONL a line at a time (never the whole file), cuts it into chunks of
+ * chunk_rows consecutive rows and hands a chunk to whichever worker asks (each worker holds one
+ * chunk at a time, so a slow worker never stalls the others). Workers parse and score the rows
+ * and send back finished output lines. Rank 0 reorders the chunks into input order in a window
+ * of window_chunks chunks (bounded memory: a worker only gets chunk c once c < oldest unwritten
+ * chunk + window) and appends them to <output>.partial.
+ *
+ * Output: one JSON object per input line, in input order:
+ *   {"row": 0, "scores": [3, 4, 2], "text": "3 4 2", "status": "ok"}
+ *   status "ok", "off_grammar" (the scores are the constrained answer; plain greedy decoding
+ *   would have left the grammar) or "bad_row" (scores and text null, "error" says why).
+ * "row" is the 0-based index of the line in the input file.
+ *
+ * Crash safety: <output>.journal starts with a JSON header (input, its size, chunk size, the
+ * score shape, model, adapter) and gets one "commit <rows> <bytes>" line per written chunk, each
+ * fsync'd after the partial output it describes. --resume checks the header, truncates the
+ * partial output to the last commit and goes on from that row, so the finished output equals
+ * an uninterrupted run's. At the end the partial output is renamed to <output>, the journal
+ * removed, and the metrics computed from the input's "output" fields (when present).
+ *
+ * Without mpirun (one process) rank 0 scores the chunks itself.
+ */
+#ifndef RUBRIC_SCORE_H
+#define RUBRIC_SCORE_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "prompt.h"
+
+typedef struct {
+    const char *model_dir;
+    const char *tokenizer_dir;  /* NULL: model_dir */
+    const char *adapter;        /* NULL: base model only */
+    const char *input;
+    const char *output;
+    const char *metrics_path;   /* NULL: metrics.json next to the output */
+    const char *baseline_from;  /* reference set for the majority baseline (NULL: the input) */
+    const char *backend;        /* "cpu", "cuda", "auto" */
+    int resume;
+    int k;                      /* scores per row; 0: from the first row with an "output" */
+    int score_min, score_max;
+    int chunk_rows;             /* rows per chunk handed to a worker (default 64) */
+    int batch_rows;             /* rows decoded together on a worker (score_batch_size) */
+    int window_chunks;          /* reorder window; 0: 4 per worker, at least 16 */
+    int prefix_cache;           /* 1 (default) */
+    int max_prompt_tokens;      /* 0: the model's maximum */
+    enum prompt_style style;
+    const char *eos_token;
+    double gpu_hour_cost;       /* > 0: log the cost per million rows */
+    void *model;                /* workers: a loaded `model *` to score with instead of
+                                 * loading model_dir/adapter (rubric train's score_after_train
+                                 * passes its trained model); the tokenizer still comes from
+                                 * tokenizer_dir or model_dir */
+    /* testing: a fake model whose scores are a hash of the row (no tokenizer, no model) */
+    int fake_model;
+    int fake_delay_us;          /* per row, to make the fake model slow */
+} score_options;
+
+/* Defaults, then the scoring keys of a resolved config (score range, batch size, prompt style,
+ * tokenizer, gpu_hour_cost). */
+void score_options_defaults(score_options *o);
+int score_options_from_config(score_options *o, const rubric_config *cfg);
+
+/*
+ * Run the whole scoring job on every rank of MPI_COMM_WORLD (MPI already initialised): rank 0
+ * coordinates, ranks 1.. score. Returns 0 or an exit code (the same on every rank for input
+ * problems found before scoring starts; a failure mid-run ends the job with rb_die).
+ */
+int score_run(const score_options *o);
+
+/*
+ * The metrics pass: read the input's "output" fields and the predictions line by line, and
+ * print and write the metrics (with the majority baseline) to metrics_path. Rows without an
+ * "output" are counted as unlabelled; when no row has one, nothing is written and *labelled is
+ * 0. Returns 0 or an exit code.
+ */
+int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,
+                  int *labelled);
+
+/* Parse a truth answer ("3 4 2": k integers separated by whitespace, surrounding whitespace
+ * allowed) into scores. Returns 0, or RB_EXIT_INPUT with the reason (err_set). */
+int score_parse_answer(const char *text, int k, int score_min, int score_max, int *scores);
+
+/* The default metrics path for an output path: metrics.json in the output's folder. */
+char *score_default_metrics_path(const char *output);
+
+#endif

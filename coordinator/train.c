@@ -1,0 +1,523 @@
+/* train.c: the training run: setup on every rank, then rank 0's loop over optimizer steps. */
+#include "train.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "log.h"
+#include "lr_sched.h"
+#include "model_config.h"
+#include "prep.h"
+#include "protocol.h"
+#include "tokenizer.h"
+#include "util.h"
+#include "worker.h"
+
+typedef struct {
+    const world *w;
+    rubric_config *cfg;
+    const train_options *opt;
+    worker_ctx wk;            /* this rank's worker role (ranks 1..N, or rank 0 alone) */
+    worker_ctx *local;        /* rank 0's in-process worker (single process), else NULL */
+    prep_dataset *ds;         /* rank 0: the dataset, for the schedule's shape */
+    prep_schedule sched;
+    lr_schedule lrs;
+    int64_t total_steps, steps_per_epoch, warmup_steps;
+    ckpt_param *table;        /* rank 0's copy of the trainable tensors */
+    int n_table;
+    uint64_t base_hash;
+    FILE *metrics;
+    double max_step_s;        /* slowest step so far (for the report deadline) */
+    double last_loss, last_lr;
+    int64_t last_eval_step;
+    protocol_report *reports; /* [n_workers] */
+} trainer;
+
+static volatile sig_atomic_t train_signal;
+
+static void on_stop_signal(int sig) { train_signal = sig; }
+
+void train_install_signals(int is_coordinator)
+{
+    signal(SIGTERM, is_coordinator ? on_stop_signal : SIG_IGN);
+    signal(SIGUSR1, is_coordinator ? on_stop_signal : SIG_IGN);
+}
+
+void train_options_defaults(train_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->step_timeout_s = 60;
+}
+
+/* ------------------------------------------------------------------ helpers over the world */
+
+/* The worst code of all ranks (a rank that did not fail itself says another one did). */
+static int agree(const world *w, int rc, const char *what)
+{
+    int worst = rc;
+    MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, w->world);
+    if (worst && !rc)
+        err_set(worst, "%s failed on another rank (see its message)", what);
+    return worst;
+}
+
+/* Root's string (or NULL) to every rank. */
+static void bcast_string(const world *w, char **s)
+{
+    int64_t n = w->rank == 0 && *s ? (int64_t)strlen(*s) + 1 : 0;
+    MPI_Bcast(&n, 1, MPI_INT64_T, 0, w->world);
+    if (w->rank != 0)
+        *s = n ? xmalloc((size_t)n) : NULL;
+    if (n)
+        MPI_Bcast(*s, (int)n, MPI_CHAR, 0, w->world);
+}
+
+/* 1234567 -> "1,234,567" */
+static const char *with_commas(double v, char *buf, size_t cap)
+{
+    char raw[32];
+    snprintf(raw, sizeof raw, "%.0f", v < 0 ? 0 : v);
+    size_t n = strlen(raw), o = 0;
+    for (size_t i = 0; i < n && o + 2 < cap; i++) {
+        if (i > 0 && (n - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = raw[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+/* ------------------------------------------------------------------ setup */
+
+/* Rank 0: prepare (or reuse) the dataset cache. */
+static int prepare_dataset(trainer *t, char **path)
+{
+    tokenizer *tk = NULL;
+    const char *dir = t->opt->tokenizer_dir ? t->opt->tokenizer_dir : t->cfg->tokenizer_dir;
+    int rc = tokenizer_load(&tk, dir);
+    prep_stats st;
+    if (!rc)
+        rc = prep_run(t->cfg, tk, path, &st);
+    tokenizer_free(tk);
+    if (rc)
+        return err_prefix(rc, "preparing the dataset");
+    log_info("dataset: %s (%s; %" PRId64 " train rows in %" PRId64 " bins, %" PRId64
+             " validation rows, packing %.1f%%)", *path, st.cache_reused ? "cached" : "built",
+             st.train_rows, st.train_bins, st.val_rows, 100.0 * st.packing_efficiency);
+    return 0;
+}
+
+/* Rank 0: the schedule's shape, the learning-rate schedule, the base model's identity. */
+static int coordinator_init(trainer *t, const char *dataset_path)
+{
+    rubric_config *cfg = t->cfg;
+    int rc = prep_dataset_open(&t->ds, dataset_path);
+    if (!rc)
+        rc = prep_schedule_init(&t->sched, t->ds, t->w->n_workers,
+                                cfg->gradient_accumulation_steps, cfg->micro_batch_size,
+                                cfg->seed);
+    if (rc)
+        return rc;
+    t->steps_per_epoch = t->sched.steps_per_epoch;
+    if (t->steps_per_epoch < 1)
+        return err_set(RB_EXIT_INPUT, "the training split is empty: nothing to train on");
+    t->total_steps = cfg->max_steps > 0 ? cfg->max_steps
+                                        : (int64_t)cfg->num_epochs * t->steps_per_epoch;
+    t->warmup_steps = sched_warmup_steps(cfg->warmup_steps, cfg->warmup_ratio, t->total_steps);
+    rc = sched_init(&t->lrs, cfg->lr_scheduler, cfg->learning_rate, t->warmup_steps,
+                    t->total_steps);
+    if (rc)
+        return rc;
+    model_config mc;
+    if ((rc = model_config_load(&mc, cfg->base_model_dir)))
+        return rc;
+    t->base_hash = mc.hash;
+    t->reports = xcalloc((size_t)t->w->n_workers, sizeof *t->reports);
+    t->last_eval_step = -1;
+    return 0;
+}
+
+/* Rank 0 gets the trainable tensors' table from the first worker. */
+static int share_table(trainer *t)
+{
+    int root = t->w->single_process ? 0 : 1;
+    ckpt_param *tab = t->w->rank == root ? t->wk.table : NULL;
+    int n = t->w->rank == root ? t->wk.n_table : 0;
+    ckpt_params_bcast(t->w->world, root, &tab, &n);
+    if (t->w->rank == root) {
+        t->table = tab;
+        t->n_table = n;
+    } else if (t->w->is_coordinator) {
+        t->table = tab;
+        t->n_table = n;
+    } else {
+        ckpt_params_free(tab, n);
+    }
+    return 0;
+}
+
+static const char *sched_name(enum lr_sched_kind k)
+{
+    return k == SCHED_LINEAR ? "linear" : k == SCHED_CONSTANT ? "constant" : "cosine";
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+/* This rank's slice: its worker's (save: partition; load: its state's range), or nothing. */
+static void my_slice(trainer *t, int for_load, ckpt_slice *s)
+{
+    memset(s, 0, sizeof *s);
+    if (t->w->is_worker)
+        worker_ckpt_slice(&t->wk, for_load, s);
+}
+
+/* Rank 0: write checkpoint-<done>.h5 (the workers join through a SAVE command). */
+static int save_checkpoint(trainer *t, int64_t done)
+{
+    rubric_config *cfg = t->cfg;
+    double t0 = now_seconds();
+    if (!t->w->single_process) {
+        protocol_cmd cmd = {.kind = PROTO_SAVE, .step = done};
+        int rc = protocol_send_cmd(t->w, &cmd);
+        if (rc)
+            return rc;
+    }
+    char *yaml = config_to_yaml(cfg);
+    ckpt_meta m = {.step = done, .epoch = done / t->steps_per_epoch,
+                   .data_cursor = done % t->steps_per_epoch, .total_steps = t->total_steps,
+                   .loss = t->last_loss, .lr = t->last_lr, .seed = cfg->seed, .n_rng = 1,
+                   .rng_state = {cfg->seed}, .sched_kind = (char *)sched_name(cfg->lr_scheduler),
+                   .base_lr = cfg->learning_rate, .warmup_steps = t->warmup_steps,
+                   .config_yaml = yaml, .base_model = cfg->base_model_dir,
+                   .base_model_hash = t->base_hash, .world_size = t->w->n_workers,
+                   .zero_stage = cfg->zero_stage};
+    ckpt_slice s;
+    my_slice(t, 0, &s);
+    char *path = NULL;
+    int rc = ckpt_save(t->w->world, cfg->output_dir, &m, t->table, t->n_table, &s, 1,
+                       cfg->save_total_limit, &path);
+    free(yaml);
+    if (rc)
+        return err_prefix(rc, "saving the checkpoint of step %" PRId64, done);
+    log_info("saved %s (%.1f s)", path, now_seconds() - t0);
+    free(path);
+    return 0;
+}
+
+/* Rank 0: which checkpoint to resume from (NULL: none). */
+static int resume_path(trainer *t, char **path)
+{
+    *path = NULL;
+    const char *want = t->opt->resume ? t->opt->resume : t->cfg->resume_from_checkpoint;
+    if (!want && t->opt->requeue)
+        want = "auto";
+    if (!want)
+        return 0;
+    if (strcmp(want, "auto") != 0) {
+        if (!path_exists(want))
+            return err_set(RB_EXIT_INPUT, "resume: %s does not exist", want);
+        *path = xstrdup(want);
+        return 0;
+    }
+    if (ckpt_find_latest(t->cfg->output_dir, path) != 0) {
+        log_info("resume auto: no checkpoint in %s yet; starting from step 0",
+                 t->cfg->output_dir);
+        *path = NULL;
+    }
+    return 0;
+}
+
+/* Every rank: load the checkpoint, each its own slice; *start = the steps it had done. */
+static int resume(trainer *t, int64_t *start)
+{
+    *start = 0;
+    char *path = NULL;
+    int rc = t->w->rank == 0 ? resume_path(t, &path) : 0;
+    if ((rc = agree(t->w, rc, "finding the checkpoint to resume from")))
+        return rc;
+    bcast_string(t->w, &path);
+    if (!path)
+        return 0;
+
+    uint64_t hash = t->w->is_worker ? model_get_config(t->wk.m)->hash : t->base_hash;
+    ckpt_slice s;
+    my_slice(t, 1, &s);
+    ckpt_meta m;
+    rc = ckpt_load(t->w->world, path, t->w->is_worker ? t->wk.table : t->table,
+                   t->w->is_worker ? t->wk.n_table : t->n_table, hash, &s, 1, &m);
+    if (!rc && t->w->is_worker)
+        rc = worker_after_load(&t->wk);
+    rc = agree(t->w, rc, "loading the checkpoint");
+    if (!rc && t->w->rank == 0) {
+        log_info("resumed from %s: step %" PRId64 ", epoch %" PRId64 " (written by %d worker%s,"
+                 " now %d)", path, m.step, m.epoch, m.world_size, m.world_size == 1 ? "" : "s",
+                 t->w->n_workers);
+        if (m.total_steps != t->total_steps)
+            log_warn("the checkpoint's run had %" PRId64 " steps, this one has %" PRId64
+                     " (another dataset, worker count or batch size?): the schedule and the "
+                     "data order follow this run", m.total_steps, t->total_steps);
+        t->last_loss = m.loss;
+        t->last_lr = m.lr;
+    }
+    *start = m.step;
+    if (!rc)
+        ckpt_meta_free(&m);
+    free(path);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the coordinator's loop */
+
+/* Run a STEP or EVAL on every worker and collect the reports. */
+static int run_command(trainer *t, const protocol_cmd *cmd)
+{
+    if (t->local)
+        return cmd->kind == PROTO_STEP ? worker_step(t->local, cmd, &t->reports[0])
+                                       : worker_eval(t->local, cmd, &t->reports[0]);
+    int rc = protocol_send_cmd(t->w, cmd);
+    if (rc)
+        return rc;
+    double timeout = t->opt->step_timeout_s + 5.0 * t->max_step_s;
+    if (cmd->kind == PROTO_EVAL)
+        timeout += 10.0 * t->max_step_s;
+    char what[64];
+    snprintf(what, sizeof what, "%s %" PRId64, protocol_kind_name(cmd->kind), cmd->step);
+    return protocol_gather_reports(t->w, t->reports, timeout, what);
+}
+
+/* The workers' reports summed: loss sum, supervised and real tokens, the largest bytes. */
+static void sum_reports(const trainer *t, double *loss_sum, int64_t *n_sup, int64_t *n_tok,
+                        uint64_t *bytes)
+{
+    *loss_sum = 0, *n_sup = 0, *n_tok = 0, *bytes = 0;
+    for (int i = 0; i < t->w->n_workers; i++) {
+        *loss_sum += t->reports[i].loss_sum;
+        *n_sup += t->reports[i].n_supervised;
+        *n_tok += t->reports[i].n_tokens;
+        *bytes = RB_MAX(*bytes, t->reports[i].bytes_sent);
+    }
+}
+
+static void metrics_row(trainer *t, json_t *row)
+{
+    if (t->metrics) {
+        json_dumpf(row, t->metrics, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        fputc('\n', t->metrics);
+        fflush(t->metrics);
+    }
+    json_decref(row);
+}
+
+static int evaluate(trainer *t, int64_t done)
+{
+    if (t->ds->n_bins == t->ds->n_train_bins || t->last_eval_step == done)
+        return 0;
+    t->last_eval_step = done;
+    double t0 = now_seconds();
+    protocol_cmd cmd = {.kind = PROTO_EVAL, .step = done};
+    int rc = run_command(t, &cmd);
+    if (rc)
+        return rc;
+    double loss_sum;
+    int64_t n_sup, n_tok;
+    uint64_t bytes;
+    sum_reports(t, &loss_sum, &n_sup, &n_tok, &bytes);
+    double loss = n_sup ? loss_sum / (double)n_sup : 0, ms = (now_seconds() - t0) * 1e3;
+    char toks[32];
+    log_info("eval step %" PRId64 "/%" PRId64 " | val loss %.4f | %s tokens | %.0f ms", done,
+             t->total_steps, loss, with_commas((double)n_sup, toks, sizeof toks), ms);
+    metrics_row(t, json_pack("{s:I, s:f, s:I, s:f}", "step", (json_int_t)done, "eval_loss",
+                             loss, "eval_tokens", (json_int_t)n_sup, "eval_ms", ms));
+    return 0;
+}
+
+/* One optimizer step: command, reports, the step line and the metrics row. */
+static int train_step(trainer *t, int64_t step)
+{
+    double t0 = now_seconds();
+    protocol_cmd cmd = {.kind = PROTO_STEP, .step = step, .epoch = step / t->steps_per_epoch,
+                        .step_in_epoch = step % t->steps_per_epoch,
+                        .lr = sched_lr(&t->lrs, step)};
+    int rc = run_command(t, &cmd);
+    if (rc)
+        return rc;
+    double loss_sum, wall = now_seconds() - t0;
+    int64_t n_sup, n_tok;
+    uint64_t bytes;
+    sum_reports(t, &loss_sum, &n_sup, &n_tok, &bytes);
+    double loss = n_sup ? loss_sum / (double)n_sup : 0, norm = t->reports[0].grad_norm;
+    t->max_step_s = RB_MAX(t->max_step_s, wall);
+    t->last_loss = loss;
+    t->last_lr = cmd.lr;
+    if (t->reports[0].skipped)
+        log_error("step %" PRId64 ": the gradient norm is %g (not finite): the update was "
+                  "skipped on every worker; parameters and optimizer state are unchanged",
+                  step + 1, norm);
+
+    int64_t done = step + 1;
+    if (done % t->cfg->logging_steps == 0 || done == t->total_steps || step == 0) {
+        char tps[32];
+        log_info("step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.1e | norm %.2f | %s tok/s | "
+                 "%.0f ms", done, t->total_steps, loss, cmd.lr, norm,
+                 with_commas((double)n_tok / wall, tps, sizeof tps), wall * 1e3);
+    }
+    metrics_row(t, json_pack("{s:I, s:I, s:f, s:f, s:f, s:I, s:I, s:f, s:f, s:I, s:b}",
+                             "step", (json_int_t)done, "epoch", (json_int_t)cmd.epoch,
+                             "loss", loss, "lr", cmd.lr, "grad_norm", norm,
+                             "tokens", (json_int_t)n_tok, "supervised_tokens", (json_int_t)n_sup,
+                             "tok_per_s", (double)n_tok / wall, "step_ms", wall * 1e3,
+                             "bytes_sent_per_worker", (json_int_t)bytes,
+                             "skipped", t->reports[0].skipped));
+    return 0;
+}
+
+static int due(int64_t done, int64_t every, int64_t steps_per_epoch)
+{
+    return every > 0 ? done % every == 0 : done % steps_per_epoch == 0;
+}
+
+static void stop_workers(trainer *t)
+{
+    protocol_cmd cmd = {.kind = PROTO_STOP};
+    if (!t->w->single_process)
+        protocol_send_cmd(t->w, &cmd);
+}
+
+/* After a signal: the checkpoint is written; requeue the Slurm job when asked. */
+static void after_signal(trainer *t, int64_t done)
+{
+    const char *job = getenv("SLURM_JOB_ID");
+    if (t->opt->requeue && job) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "scontrol requeue %s", job);
+        fflush(NULL); /* the child must not repeat our buffered output */
+        int rc = system(cmd);
+        log_info("signal %d: checkpoint of step %" PRId64 " saved; `%s` %s", (int)train_signal,
+                 done, cmd, rc == 0 ? "done" : "failed (requeue the job by hand)");
+    } else {
+        log_info("signal %d: checkpoint of step %" PRId64 " saved; continue with --resume auto",
+                 (int)train_signal, done);
+    }
+}
+
+static void banner(const trainer *t, int64_t start)
+{
+    char where[256], n[32];
+    world_describe(t->w, where, sizeof where);
+    int64_t elements = 0;
+    for (int i = 0; i < t->n_table; i++)
+        elements += t->table[i].rows * t->table[i].cols;
+    log_info("train: %s", where);
+    log_info("train: %" PRId64 " steps (%" PRId64 " per epoch, %" PRId64 " warmup, %s lr %.2e),"
+             " %d workers x %d micro-batches x %d bins per step, ZeRO stage %d",
+             t->total_steps, t->steps_per_epoch, t->warmup_steps,
+             sched_name(t->cfg->lr_scheduler), t->cfg->learning_rate, t->w->n_workers,
+             t->cfg->gradient_accumulation_steps, t->cfg->micro_batch_size,
+             t->cfg->zero_stage);
+    log_info("train: %d LoRA tensors, %s trainable parameters; output in %s%s", t->n_table,
+             with_commas((double)elements, n, sizeof n), t->cfg->output_dir,
+             start ? " (resumed)" : "");
+}
+
+static int coordinate(trainer *t, int64_t start)
+{
+    rubric_config *cfg = t->cfg;
+    char *mpath = xasprintf("%s/metrics.jsonl", cfg->output_dir);
+    t->metrics = fopen(mpath, "a");
+    if (!t->metrics)
+        log_warn("cannot open %s: no metrics log", mpath);
+    free(mpath);
+    banner(t, start);
+
+    progress prog;
+    progress_start(&prog, "train", t->total_steps, "steps");
+    progress_update(&prog, start);
+    int rc = 0;
+    int64_t done = start;
+    for (int64_t step = start; step < t->total_steps && !rc; step++) {
+        if (train_signal) {
+            rc = save_checkpoint(t, done);
+            if (!rc) {
+                stop_workers(t);
+                after_signal(t, done);
+            }
+            progress_finish(&prog);
+            return rc;
+        }
+        rc = train_step(t, step);
+        done = step + 1;
+        if (!rc && (due(done, cfg->eval_steps, t->steps_per_epoch) || done == t->total_steps))
+            rc = evaluate(t, done);
+        if (!rc && ((cfg->save_steps > 0 && done % cfg->save_steps == 0) ||
+                    done == t->total_steps))
+            rc = save_checkpoint(t, done);
+        progress_update(&prog, done);
+    }
+    progress_finish(&prog);
+    if (!rc) {
+        stop_workers(t);
+        log_info("train: done, %" PRId64 " steps, last loss %.4f", done, t->last_loss);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the run */
+
+static void trainer_free(trainer *t)
+{
+    if (t->w->is_worker)
+        worker_free(&t->wk);
+    if (t->w->is_coordinator && !t->w->single_process && t->table)
+        ckpt_params_free(t->table, t->n_table);
+    if (t->ds) {
+        prep_schedule_free(&t->sched);
+        prep_dataset_close(t->ds);
+    }
+    if (t->metrics)
+        fclose(t->metrics);
+    free(t->reports);
+}
+
+int train_run(const world *w, rubric_config *cfg, const train_options *opt)
+{
+    trainer t = {.w = w, .cfg = cfg, .opt = opt};
+
+    train_install_signals(w->is_coordinator);
+
+    /* 1. rank 0 prepares the dataset; everyone learns where it is */
+    char *path = NULL;
+    int rc = w->rank == 0 ? prepare_dataset(&t, &path) : 0;
+    rc = agree(w, rc, "preparing the dataset");
+    if (!rc)
+        bcast_string(w, &path);
+
+    /* 2. the workers load the model; rank 0 sets up the schedule */
+    if (!rc) {
+        int mine = w->is_worker ? worker_init(&t.wk, w, cfg, path) : 0;
+        if (!mine && w->is_coordinator)
+            mine = coordinator_init(&t, path);
+        rc = agree(w, mine, "setting up training");
+    }
+    t.local = w->single_process ? &t.wk : NULL;
+
+    /* 3. the table of trainable tensors to rank 0; 4. resume */
+    int64_t start = 0;
+    if (!rc)
+        rc = share_table(&t);
+    if (!rc)
+        rc = resume(&t, &start);
+
+    /* 5. the loop (rank 0) and the workers' service; a failure here ends every rank */
+    if (!rc) {
+        rc = w->is_coordinator ? coordinate(&t, start) : worker_serve(&t.wk);
+        if (rc)
+            rb_die_err(rc);
+    }
+    free(path);
+    trainer_free(&t);
+    return rc;
+}

@@ -1,0 +1,208 @@
+/*
+ * cpu_attention.c: causal grouped-query attention over packed segments, on the CPU.
+ *
+ * Tiled over query blocks of ATT_BQ rows: a block's scores against the keys it may see
+ * ([ATT_BQ, n_keys], never the whole T x T matrix) come from one sgemm, the softmax keeps each
+ * row's logsumexp, and P.V is a second sgemm. The backward recomputes P from the logsumexp.
+ *
+ * Threads: work items run in an OpenMP loop with OpenBLAS set to one thread meanwhile. Forward
+ * items are (segment, head, query block), each writing its own rows; backward items are
+ * (segment, kv head), each owning the dK/dV rows of its kv head and the dQ rows of the heads
+ * that share it, so sums run in a fixed order and the result does not depend on scheduling.
+ */
+#include "cpu_blas.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+#include "util.h"
+
+#define ATT_BQ 64
+
+/* One query block of one head: where its rows and keys are. */
+typedef struct {
+    int q0;    /* first query row (flat stream) */
+    int bq;    /* queries in the block */
+    int k0;    /* first key row of the segment (flat stream) */
+    int kend;  /* keys visible to the block's last query (count from k0) */
+    int diag;  /* query i of the block sees keys < diag + i + 1 */
+} att_block;
+
+static att_block att_block_at(const int32_t *cu_q, const int32_t *cu_k, int s, int i0, int bq)
+{
+    int nq = cu_q[s + 1] - cu_q[s], nk = cu_k[s + 1] - cu_k[s];
+    att_block b = {cu_q[s] + i0, bq, cu_k[s], 0, nk - nq + i0};
+    b.kend = b.diag + bq;
+    return b;
+}
+
+static int blocks_of(int n) { return (n + ATT_BQ - 1) / ATT_BQ; }
+
+/* Softmax of row i of S (scaled scores), keys past the causal limit set to 0. Returns lse. */
+static float softmax_row(float *row, int visible, int kend)
+{
+    float mx = -INFINITY;
+    for (int j = 0; j < visible; j++)
+        mx = row[j] > mx ? row[j] : mx;
+    float sum = 0.0f;
+    for (int j = 0; j < visible; j++) {
+        row[j] = expf(row[j] - mx);
+        sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < visible; j++)
+        row[j] *= inv;
+    for (int j = visible; j < kend; j++)
+        row[j] = 0.0f;
+    return mx + logf(sum);
+}
+
+static void fwd_block(float *out, float *lse, const float *q, const float *k, const float *v,
+                      att_block b, int h, int heads, int kv_heads, int d, float scale,
+                      float *s_buf)
+{
+    int ldq = heads * d, ldk = kv_heads * d, g = h / (heads / kv_heads);
+    const float *qp = q + (int64_t)b.q0 * ldq + h * d;
+    const float *kp = k + (int64_t)b.k0 * ldk + g * d;
+    const float *vp = v + (int64_t)b.k0 * ldk + g * d;
+
+    /* scores of the block against every key it may see */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b.bq, b.kend, d, scale, qp, ldq, kp,
+                ldk, 0.0f, s_buf, b.kend);
+
+    /* masked softmax per row, keeping the logsumexp */
+    for (int i = 0; i < b.bq; i++) {
+        float l = softmax_row(s_buf + (int64_t)i * b.kend, b.diag + i + 1, b.kend);
+        if (lse)
+            lse[(int64_t)(b.q0 + i) * heads + h] = l;
+    }
+
+    /* out = P . V */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b.bq, d, b.kend, 1.0f, s_buf,
+                b.kend, vp, ldk, 0.0f, out + (int64_t)b.q0 * ldq + h * d, ldq);
+}
+
+void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
+                       int heads, int kv_heads, int d, float scale)
+{
+    /* list the work items: (segment, head, query block) */
+    int n_items = 0;
+    for (int s = 0; s < n_seg; s++)
+        n_items += heads * blocks_of(cu_q[s + 1] - cu_q[s]);
+    int *item_seg = xmalloc(sizeof(int) * (size_t)(n_items + 1));
+    int *item_blk = xmalloc(sizeof(int) * (size_t)(n_items + 1));
+    int it = 0, max_k = 1;
+    for (int s = 0; s < n_seg; s++) {
+        max_k = RB_MAX(max_k, cu_k[s + 1] - cu_k[s]);
+        for (int h = 0; h < heads; h++)
+            for (int bl = 0; bl < blocks_of(cu_q[s + 1] - cu_q[s]); bl++) {
+                item_seg[it] = s;
+                item_blk[it++] = h * 65536 + bl;
+            }
+    }
+
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel
+    {
+        float *s_buf = xmalloc(sizeof(float) * (size_t)ATT_BQ * max_k);
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n_items; i++) {
+            int s = item_seg[i], h = item_blk[i] / 65536, bl = item_blk[i] % 65536;
+            int nq = cu_q[s + 1] - cu_q[s];
+            int i0 = bl * ATT_BQ, bq = RB_MIN(ATT_BQ, nq - i0);
+            att_block b = att_block_at(cu_q, cu_k, s, i0, bq);
+            fwd_block(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
+        }
+        free(s_buf);
+    }
+    openblas_set_num_threads(saved);
+    free(item_seg);
+    free(item_blk);
+}
+
+/* Backward of one query block of head h: accumulates dK, dV of its kv head, writes dQ. */
+static void bwd_block(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                      const float *k, const float *v, const float *out, const float *lse,
+                      att_block b, int h, int heads, int kv_heads, int d, float scale,
+                      float *p_buf, float *dp_buf)
+{
+    int ldq = heads * d, ldk = kv_heads * d, g = h / (heads / kv_heads);
+    int64_t qoff = (int64_t)b.q0 * ldq + h * d, koff = (int64_t)b.k0 * ldk + g * d;
+
+    /* recompute P from the saved logsumexp */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b.bq, b.kend, d, scale, q + qoff, ldq,
+                k + koff, ldk, 0.0f, p_buf, b.kend);
+    for (int i = 0; i < b.bq; i++) {
+        float *row = p_buf + (int64_t)i * b.kend;
+        float l = lse[(int64_t)(b.q0 + i) * heads + h];
+        int visible = b.diag + i + 1;
+        for (int j = 0; j < visible; j++)
+            row[j] = expf(row[j] - l);
+        for (int j = visible; j < b.kend; j++)
+            row[j] = 0.0f;
+    }
+
+    /* dV += P^T dO;  dP = dO V^T */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, b.kend, d, b.bq, 1.0f, p_buf, b.kend,
+                dout + qoff, ldq, 1.0f, dv + koff, ldk);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b.bq, b.kend, d, 1.0f, dout + qoff, ldq,
+                v + koff, ldk, 0.0f, dp_buf, b.kend);
+
+    /* dS = P * (dP - rowsum(dO * O)) * scale */
+    for (int i = 0; i < b.bq; i++) {
+        const float *o_i = out + qoff + (int64_t)i * ldq, *do_i = dout + qoff + (int64_t)i * ldq;
+        float di = 0.0f;
+        for (int c = 0; c < d; c++)
+            di += o_i[c] * do_i[c];
+        float *p = p_buf + (int64_t)i * b.kend, *dp = dp_buf + (int64_t)i * b.kend;
+        for (int j = 0; j < b.kend; j++)
+            dp[j] = p[j] * (dp[j] - di) * scale;
+    }
+
+    /* dQ = dS K;  dK += dS^T Q */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b.bq, d, b.kend, 1.0f, dp_buf,
+                b.kend, k + koff, ldk, 0.0f, dq + qoff, ldq);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, b.kend, d, b.bq, 1.0f, dp_buf, b.kend,
+                q + qoff, ldq, 1.0f, dk + koff, ldk);
+}
+
+void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                       const float *k, const float *v, const float *out, const float *lse,
+                       const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
+                       int heads, int kv_heads, int d, float scale)
+{
+    int max_k = 1, group = heads / kv_heads, ldk = kv_heads * d;
+    for (int s = 0; s < n_seg; s++)
+        max_k = RB_MAX(max_k, cu_k[s + 1] - cu_k[s]);
+
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel
+    {
+        float *p_buf = xmalloc(sizeof(float) * (size_t)ATT_BQ * max_k);
+        float *dp_buf = xmalloc(sizeof(float) * (size_t)ATT_BQ * max_k);
+#pragma omp for schedule(dynamic, 1)
+        for (int item = 0; item < n_seg * kv_heads; item++) {
+            int s = item / kv_heads, g = item % kv_heads;
+            int nq = cu_q[s + 1] - cu_q[s];
+
+            /* this item owns dK, dV rows of kv head g in segment s: start them at zero */
+            for (int t = cu_k[s]; t < cu_k[s + 1]; t++) {
+                memset(dk + (int64_t)t * ldk + g * d, 0, sizeof(float) * d);
+                memset(dv + (int64_t)t * ldk + g * d, 0, sizeof(float) * d);
+            }
+            for (int h = g * group; h < (g + 1) * group; h++)
+                for (int i0 = 0; i0 < nq; i0 += ATT_BQ) {
+                    att_block b = att_block_at(cu_q, cu_k, s, i0, RB_MIN(ATT_BQ, nq - i0));
+                    bwd_block(dq, dk, dv, dout, q, k, v, out, lse, b, h, heads, kv_heads, d,
+                              scale, p_buf, dp_buf);
+                }
+        }
+        free(p_buf);
+        free(dp_buf);
+    }
+    openblas_set_num_threads(saved);
+}

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""End-to-end distributed training checks of `rubric train` (coordinator + ZeRO-2 workers).
+
+Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random Qwen3 model
+(`rubric init-model`) and a 40-row synthetic Alpaca dataset in a temporary folder, then:
+
+  same_batch      1 process (gradient_accumulation_steps 4) and mpirun -np 3 (2 workers, 2
+                  accumulation steps: the same global batch of 8 bins) give the same loss and
+                  lr at every step (relative tolerance 1e-5: float summation order differs)
+  resume_1        the 1-process run resumed from its checkpoint of step 6 (the middle of epoch
+                  2: 4 steps per epoch) reproduces steps 7-8 bitwise: loss, lr, grad norm, and
+                  the final checkpoint's every dataset hash (xxh64)
+  resume_2        the same with 2 workers
+  reshard         the 1-worker checkpoint resumed by 2 workers continues within 1e-5 of the
+                  uninterrupted run
+  sigterm         SIGTERM in the middle of a run: checkpoint, exit 0; --resume auto finishes
+                  with rows bitwise equal to the uninterrupted run
+  dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
+                  the output names rank 2
+  hung_worker     a worker stopped (SIGSTOP): the coordinator's deadline ends the job non-zero
+                  within 60 s, naming rank 2 (with rank 1, which waits for it in the step's
+                  collectives)
+
+usage: train_e2e.py [CASE...]   (default: all)
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+RUBRIC = os.environ.get("RUBRIC_BIN", "build/rubric")
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
+STEPS = 8
+
+CONFIG = """base_model: {root}/model
+datasets:
+  - path: {root}/train.jsonl
+    type: alpaca
+dataset_prepared_path: {root}/prepared
+val_set_size: 4
+sequence_len: 128
+sample_packing: true
+adapter: lora
+lora_r: 4
+lora_alpha: 8
+lora_dropout: 0.0
+micro_batch_size: 2
+gradient_accumulation_steps: 4
+num_epochs: 3
+max_steps: {steps}
+learning_rate: 0.002
+lr_scheduler: cosine
+warmup_steps: 2
+max_grad_norm: 1.0
+eval_steps: 0
+save_steps: 3
+output_dir: {root}/out
+seed: 11
+"""
+
+
+def setup(root):
+    subprocess.run([RUBRIC, "init-model", "--out", f"{root}/model", "--hidden", "32",
+                    "--layers", "2", "--heads", "2", "--kv-heads", "1", "--head-dim", "16",
+                    "--intermediate", "64", "--dtype", "f32"], check=True,
+                   stdout=subprocess.DEVNULL)
+    r = random.Random(3)
+    words = "the essay argues that students should learn science and art every day".split()
+    with open(f"{root}/train.jsonl", "w") as f:
+        for _ in range(40):
+            text = " ".join(r.choice(words) for _ in range(r.randint(8, 30)))
+            out = " ".join(str(r.randint(1, 5)) for _ in range(4))
+            f.write(json.dumps({"instruction": "Score the essay on four measures.",
+                                "input": text, "output": out}) + "\n")
+    with open(f"{root}/cfg.yml", "w") as f:
+        f.write(CONFIG.format(root=root, steps=STEPS))
+
+
+def train(root, out, workers, extra=(), env=None, check=True, popen=False):
+    """rubric train with `workers` workers (0: one process alone)."""
+    ga = 4 // max(workers, 1)
+    cmd = [RUBRIC, "train", f"{root}/cfg.yml", "--set", f"output_dir={out}",
+           "--set", f"gradient_accumulation_steps={ga}", *extra]
+    if workers >= 1:
+        exports = [a for k in (env or {}) for a in ("-x", k)]
+        cmd = MPIRUN + ["-np", str(workers + 1)] + exports + cmd
+    full_env = dict(os.environ, **(env or {}))
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=full_env, text=True)
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+                       text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}")
+    return p
+
+
+def rows(out):
+    """The step rows of metrics.jsonl by step (the last one wins after a resume)."""
+    got = {}
+    with open(f"{out}/metrics.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r:
+                got[r["step"]] = r
+    return got
+
+
+def hashes(path):
+    """xxh64 attribute of every dataset of a checkpoint, by full path, via h5dump."""
+    txt = subprocess.run(["h5dump", "-A", path], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    out, stack, lines = {}, [], txt.splitlines()
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.endswith("{"):
+            kind = s.split()[0]
+            name = s.split('"')[1] if kind in ("GROUP", "DATASET") and '"' in s else None
+            stack.append(name)
+            if s == 'ATTRIBUTE "xxh64" {':
+                ds = "/".join(n for n in stack if n and n != "/")
+                for j in range(i, i + 8):
+                    if lines[j].strip().startswith("(0):"):
+                        out[ds] = int(lines[j].split(":")[1])
+                        break
+        elif s == "}" and stack:
+            stack.pop()
+    assert out, f"no xxh64 attributes in {path}"
+    return out
+
+
+def close(a, b, tol=1e-5):
+    return abs(a - b) <= tol * max(abs(b), 1e-12)
+
+
+def check_rows(got, ref, steps, exact, what):
+    for s in steps:
+        for key in ("loss", "lr", "grad_norm"):
+            a, b = got[s][key], ref[s][key]
+            ok = a == b if exact or key == "lr" else close(a, b)
+            assert ok, f"{what}: step {s} {key} {a!r} vs {b!r}"
+
+
+def copy_ckpt(src_out, step, dst_out):
+    os.makedirs(dst_out, exist_ok=True)
+    shutil.copy(f"{src_out}/checkpoint-{step}.h5", dst_out)
+
+
+class Runs:
+    def __init__(self, root):
+        self.root = root
+        self._one = self._two = None
+
+    def one(self):
+        if not self._one:
+            train(self.root, f"{self.root}/one", 0)
+            self._one = f"{self.root}/one"
+        return self._one
+
+    def two(self):
+        if not self._two:
+            train(self.root, f"{self.root}/two", 2)
+            self._two = f"{self.root}/two"
+        return self._two
+
+
+def case_same_batch(r):
+    a, b = rows(r.one()), rows(r.two())
+    check_rows(b, a, range(1, STEPS + 1), False, "2 workers vs 1")
+    return f"{STEPS} steps, max rel loss diff " + "%.2g" % max(
+        abs(b[s]["loss"] - a[s]["loss"]) / a[s]["loss"] for s in range(1, STEPS + 1))
+
+
+def resume_case(r, base, workers, name):
+    out = f"{r.root}/{name}"
+    copy_ckpt(base, 6, out)
+    p = train(r.root, out, workers, ["--resume", "auto"])
+    assert "resumed from" in p.stdout and "epoch 1" in p.stdout, p.stdout[-2000:]
+    check_rows(rows(out), rows(base), (7, 8), True, name)
+    ha, hb = hashes(f"{out}/checkpoint-8.h5"), hashes(f"{base}/checkpoint-8.h5")
+    assert ha == hb, f"{name}: final checkpoints differ"
+    return f"steps 7-8 bitwise, {len(ha)} datasets equal"
+
+
+def case_resume_1(r):
+    return resume_case(r, r.one(), 0, "resume1")
+
+
+def case_resume_2(r):
+    return resume_case(r, r.two(), 2, "resume2")
+
+
+def case_reshard(r):
+    out = f"{r.root}/reshard"
+    copy_ckpt(r.one(), 6, out)
+    p = train(r.root, out, 2, ["--resume", "auto"])
+    assert "written by 1 worker, now 2" in p.stdout, p.stdout[-2000:]
+    check_rows(rows(out), rows(r.one()), (7, 8), False, "reshard 1 -> 2 workers")
+    return "1-worker checkpoint continued by 2 workers within 1e-5"
+
+
+def case_sigterm(r):
+    out = f"{r.root}/sigterm"
+    p = train(r.root, out, 0, popen=True)
+    log = ""
+    for line in p.stdout:
+        log += line
+        if line.startswith("step 2/"):
+            p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=120)
+    assert rc == 0, f"exit {rc} after SIGTERM:\n{log[-2000:]}"
+    assert "signal 15: checkpoint of step" in log, log[-2000:]
+    saved = [f for f in os.listdir(out) if f.endswith(".h5")]
+    assert saved, "no checkpoint after SIGTERM"
+    p2 = train(r.root, out, 0, ["--resume", "auto"])
+    assert "resumed from" in p2.stdout
+    check_rows(rows(out), rows(r.one()), range(3, STEPS + 1), True, "after SIGTERM")
+    return f"saved {saved[0]}, resumed run bitwise equal"
+
+
+def case_dead_worker(r):
+    t0 = time.time()
+    p = train(r.root, f"{r.root}/dead", 2, env={"RUBRIC_TEST_DIE_AT_STEP": "2:1"}, check=False)
+    dt = time.time() - t0
+    assert p.returncode != 0, "a dead worker did not fail the job"
+    assert dt < 60, f"took {dt:.0f} s"
+    assert "rank 2" in p.stdout, p.stdout[-2000:]
+    return f"exit {p.returncode} after {dt:.1f} s naming rank 2"
+
+
+def rank_pid(mpirun_pid, rank):
+    """The pid of an MPI rank started by mpirun (from OMPI_COMM_WORLD_RANK in its env)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and b"RUBRIC_E2E_TAG=hung" in env \
+                and int(stat.rsplit(")", 1)[1].split()[1]) == mpirun_pid:
+            return int(pid)
+    return None
+
+
+def case_hung_worker(r):
+    t0 = time.time()
+    p = train(r.root, f"{r.root}/hung", 2, ["--step-timeout", "5"],
+              env={"RUBRIC_E2E_TAG": "hung"}, popen=True)
+    log, stopped = "", None
+    for line in p.stdout:
+        log += line
+        if line.startswith("step 1/") and not stopped:
+            stopped = rank_pid(p.pid, 2)
+            assert stopped, "cannot find rank 2's process"
+            os.kill(stopped, signal.SIGSTOP)
+    rc = p.wait(timeout=120)
+    dt = time.time() - t0
+    if stopped:
+        try:
+            os.kill(stopped, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert rc != 0 and dt < 60, f"exit {rc} after {dt:.0f} s:\n{log[-2000:]}"
+    # rank 1 waits for rank 2 inside the step's collectives, so both may be named
+    ok = "no answer from worker rank 2" in log or "no answer from worker ranks 1, 2" in log
+    assert ok, log[-2000:]
+    return f"exit {rc} after {dt:.1f} s: " + log[log.index("no answer"):].split(" within")[0]
+
+
+CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "dead_worker",
+         "hung_worker"]
+
+
+def main():
+    want = sys.argv[1:] or CASES
+    root = tempfile.mkdtemp(prefix="rubric_e2e_")
+    failed = 0
+    try:
+        setup(root)
+        runs = Runs(root)
+        for name in want:
+            t0 = time.time()
+            try:
+                msg = globals()["case_" + name](runs)
+                print(f"PASS {name} ({time.time() - t0:.0f} s): {msg}", flush=True)
+            except AssertionError as e:
+                failed += 1
+                print(f"FAIL {name}: {e}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,598 @@
+/*
+ * test_config.c: the Axolotl-style config (common/config.c) and the shared command-line options
+ * (common/cli.c).
+ *
+ * The issue's example config (jobs/example_axolotl.yml, verbatim) and a config with the other
+ * keys users commonly have must parse to the values written in them; each kind of bad config
+ * (tests/fixtures/config/) must fail with exit code 2 and a message naming file:line:column.
+ * Tests run from the source root.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#define FIX "tests/fixtures/config/"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Helpers                                                                                    */
+
+/* stderr into a temporary file while a block runs, so warnings and info lines can be read. */
+static FILE *capture_file;
+static int saved_stderr = -1;
+
+static void capture_begin(void)
+{
+    fflush(stderr);
+    capture_file = tmpfile();
+    cr_assert(capture_file);
+    saved_stderr = dup(STDERR_FILENO);
+    dup2(fileno(capture_file), STDERR_FILENO);
+}
+
+/* Stop capturing; returns what was written (caller frees). */
+static char *capture_end(void)
+{
+    fflush(stderr);
+    dup2(saved_stderr, STDERR_FILENO);
+    close(saved_stderr);
+    long n = ftell(capture_file);
+    char *text = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
+    rewind(capture_file);
+    size_t got = fread(text, 1, (size_t)(n > 0 ? n : 0), capture_file);
+    text[got] = '\0';
+    fclose(capture_file);
+    fputs(text, stderr); /* keep it in the test log */
+    return text;
+}
+
+/* Load and finalize; returns the first non-zero code. */
+static int load_final(rubric_config *cfg, const char *path, int strict)
+{
+    int rc = config_load(cfg, path, strict);
+    return rc ? rc : config_finalize(cfg);
+}
+
+/* The failure must be exit code 2 with `place` (file:line:column) and `what` in the message. */
+static void expect_input_error(int rc, const char *place, const char *what)
+{
+    cr_assert_eq(rc, RB_EXIT_INPUT, "expected exit code 2, got %d (%s)", rc, err_msg());
+    cr_assert(strstr(err_msg(), place), "message lacks '%s': %s", place, err_msg());
+    if (what)
+        cr_assert(strstr(err_msg(), what), "message lacks '%s': %s", what, err_msg());
+}
+
+static void expect_load_error(const char *file, int strict, const char *place, const char *what)
+{
+    rubric_config cfg;
+    int rc = load_final(&cfg, file, strict);
+    expect_input_error(rc, place, what);
+    config_free(&cfg);
+}
+
+static void setup(void) { log_init(-1, LOG_INFO); }
+
+TestSuite(config, .init = setup);
+TestSuite(cli, .init = setup);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Good configs                                                                               */
+
+Test(config, issue_example_parses_as_is)
+{
+    rubric_config c;
+    capture_begin();
+    int rc = load_final(&c, "jobs/example_axolotl.yml", 1);
+    char *log = capture_end();
+    cr_assert_eq(rc, 0, "%s", err_msg());
+
+    cr_assert_str_eq(c.base_model, "Qwen/Qwen3-1.7B");
+    cr_assert_str_eq(c.chat_template, "qwen3");
+    cr_assert_eq(c.prompt_format, PROMPT_CHATML_QWEN3);
+    cr_assert_eq(c.n_datasets, 1);
+    cr_assert_str_eq(c.datasets[0].path, "data/train.jsonl");
+    cr_assert_str_eq(c.datasets[0].ds_type, "json");
+    cr_assert_str_eq(c.datasets[0].type, "alpaca");
+    cr_assert_eq(c.load_in_4bit, 1);
+    cr_assert_eq(c.adapter, ADAPTER_QLORA);
+    cr_assert_eq(c.lora_r, 16);
+    cr_assert_float_eq(c.lora_alpha, 32.0, 0);
+    cr_assert_float_eq(c.lora_dropout, 0.05, 0);
+    cr_assert_eq(c.lora_targets, (unsigned)LORA_ALL);
+    cr_assert_eq(c.sequence_len, 4096);
+    cr_assert_eq(c.sample_packing, 1);
+    cr_assert_eq(c.micro_batch_size, 4);
+    cr_assert_eq(c.gradient_accumulation_steps, 4);
+    cr_assert_eq(c.num_epochs, 3);
+    cr_assert_str_eq(c.optimizer, "adamw_torch_4bit");
+    cr_assert_float_eq(c.learning_rate, 0.0002, 0);
+    cr_assert_eq(c.lr_scheduler, SCHED_COSINE);
+    cr_assert_float_eq(c.warmup_ratio, 0.1, 0);
+    cr_assert_eq(c.gradient_checkpointing, 1);
+    cr_assert_eq(c.flash_attention, 1);
+    cr_assert_str_eq(c.bf16, "auto");
+    cr_assert_eq(c.tf32, 1);
+    cr_assert_str_eq(c.deepspeed, "deepspeed_configs/zero2.json");
+
+    /* the DeepSpeed JSON: found from the cwd (not beside jobs/), stage 2, its bucket sizes */
+    cr_assert_str_eq(c.deepspeed_path, "deepspeed_configs/zero2.json");
+    cr_assert_eq(c.zero_stage, 2);
+    cr_assert_eq(c.reduce_bucket_size, 500000000);
+    cr_assert_eq(c.allgather_bucket_size, 500000000);
+
+    /* one info line per key rubric handles differently, no warnings */
+    const char *infos[] = {"flash_attention:", "tf32:", "bf16:", "moments are kept in fp32",
+                           "chat template"};
+    for (size_t i = 0; i < RB_ARRAY_LEN(infos); i++)
+        cr_assert(strstr(log, infos[i]), "no info line with '%s':\n%s", infos[i], log);
+    cr_assert_null(strstr(log, "warn"), "unexpected warning:\n%s", log);
+    cr_assert(strstr(log, "jobs/example_axolotl.yml:23:1: flash_attention"), "%s", log);
+    cr_assert_null(strstr(log, "gradient_checkpointing"), "gradient_checkpointing is acted on");
+    free(log);
+    config_free(&c);
+}
+
+Test(config, common_axolotl_keys_parse)
+{
+    rubric_config c;
+    capture_begin();
+    int rc = load_final(&c, FIX "full.yml", 1);
+    char *log = capture_end();
+    cr_assert_eq(rc, 0, "%s", err_msg());
+
+    cr_assert_str_eq(c.base_model, "./models/qwen3-tiny");
+    cr_assert_eq(c.n_datasets, 2);
+    cr_assert_str_eq(c.datasets[1].path, "data/train_b.jsonl");
+    cr_assert_str_eq(c.datasets[0].ds_type, "json"); /* the default */
+    cr_assert_eq(c.n_test_datasets, 1);
+    cr_assert_str_eq(c.test_datasets[0].path, "data/test.jsonl");
+    cr_assert_str_eq(c.score_after_train, "data/score_me.jsonl");
+    cr_assert_str_eq(c.dataset_prepared_path, "prepared/run1");
+    cr_assert_float_eq(c.val_set_size, 200.0, 0);
+    cr_assert_str_eq(c.output_dir, "./out/run1");
+    cr_assert_eq(c.prompt_format, PROMPT_ALPACA);
+    cr_assert_eq(c.adapter, ADAPTER_LORA);
+    cr_assert_eq(c.lora_r, 32);
+    cr_assert_float_eq(c.lora_alpha, 64.0, 0);
+    cr_assert_float_eq(c.lora_dropout, 0.0, 0);
+    cr_assert_eq(c.lora_targets, (unsigned)LORA_ALL); /* lora_target_linear: true */
+    cr_assert_eq(c.sequence_len, 1024);
+    cr_assert_eq(c.sample_packing, 0);
+    cr_assert_eq(c.micro_batch_size, 2);
+    cr_assert_eq(c.gradient_accumulation_steps, 8);
+    cr_assert_eq(c.num_epochs, 2);
+    cr_assert_eq(c.max_steps, 500);
+    cr_assert_float_eq(c.learning_rate, 1e-4, 0);
+    cr_assert_eq(c.lr_scheduler, SCHED_LINEAR);
+    cr_assert_eq(c.warmup_steps, 20);
+    cr_assert_float_eq(c.weight_decay, 0.01, 0);
+    cr_assert_float_eq(c.adam_beta2, 0.95, 0);
+    cr_assert_float_eq(c.adam_epsilon, 1e-6, 0);
+    cr_assert_float_eq(c.max_grad_norm, 0.5, 0);
+    cr_assert_eq(c.train_on_inputs, 1);
+    cr_assert_eq(c.seed, 1234u);
+    cr_assert_str_eq(c.bf16, "false");
+    cr_assert_eq(c.logging_steps, 10);
+    cr_assert_eq(c.eval_steps, 50);
+    cr_assert_eq(c.save_steps, 100);
+    cr_assert_eq(c.save_total_limit, 3);
+    cr_assert_str_eq(c.resume_from_checkpoint, "auto");
+    cr_assert_str_eq(c.pad_token, "<|endoftext|>");
+    cr_assert_eq(c.score_min, 1);
+    cr_assert_eq(c.score_max, 5);
+    cr_assert_eq(c.score_batch_size, 64);
+    cr_assert_float_eq(c.gpu_hour_cost, 0.55, 0);
+    cr_assert_null(c.deepspeed);
+    cr_assert_eq(c.zero_stage, 2); /* no DeepSpeed JSON: ZeRO-2 */
+
+    /* wandb_project has a value: one info line; the empty wandb_* keys say nothing */
+    cr_assert(strstr(log, "full.yml:58:1: wandb_project"), "%s", log);
+    cr_assert_null(strstr(log, "wandb_entity"), "%s", log);
+    cr_assert_null(strstr(log, "warn"), "%s", log);
+    cr_assert_null(strstr(log, "fp16"), "fp16: false needs no info line:\n%s", log);
+    free(log);
+    config_free(&c);
+}
+
+Test(config, defaults_without_a_file)
+{
+    rubric_config c;
+    config_defaults(&c);
+    cr_assert_eq(config_finalize(&c), 0, "%s", err_msg());
+    cr_assert_eq(c.zero_stage, 2);
+    cr_assert_eq(c.lora_r, 8);
+    cr_assert_eq(c.max_steps, -1);
+    cr_assert_eq(c.warmup_steps, -1);
+    cr_assert_eq(c.prompt_format, PROMPT_ALPACA);
+    cr_assert_str_eq(config_source(&c), "<defaults>");
+    config_free(&c);
+}
+
+Test(config, print_config_round_trips)
+{
+    rubric_config a, b;
+    cr_assert_eq(load_final(&a, "jobs/example_axolotl.yml", 1), 0, "%s", err_msg());
+    char *yaml = config_to_yaml(&a);
+    cr_assert(strstr(yaml, "lora_r: 16\n"), "%s", yaml);
+    cr_assert(strstr(yaml, "zero_stage: 2\n"), "%s", yaml);
+
+    /* the printed YAML read back strictly gives the same config, printed the same */
+    char path[] = "/tmp/rubric_roundtrip_XXXXXX.yml";
+    int fd = mkstemps(path, 4);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, yaml, strlen(yaml)), (ssize_t)strlen(yaml));
+    close(fd);
+    cr_assert_eq(load_final(&b, path, 1), 0, "%s\n%s", err_msg(), yaml);
+    char *again = config_to_yaml(&b);
+    cr_assert_str_eq(again, yaml);
+    cr_assert_eq(b.lora_targets, a.lora_targets);
+    cr_assert_float_eq(b.learning_rate, a.learning_rate, 0);
+    unlink(path);
+    free(yaml);
+    free(again);
+    config_free(&a);
+    config_free(&b);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Bad configs: exit code 2, file:line:column, what was expected                              */
+
+Test(config, wrong_type)
+{
+    expect_load_error(FIX "wrong_type.yml", 0, FIX "wrong_type.yml:3:9",
+                      "lora_r: expected a positive integer, got \"abc\"");
+}
+
+Test(config, value_out_of_range)
+{
+    expect_load_error(FIX "bad_value.yml", 0, FIX "bad_value.yml:3:15",
+                      "lora_dropout: expected a number in [0, 1), got \"1.5\"");
+}
+
+Test(config, unknown_choice)
+{
+    expect_load_error(FIX "bad_choice.yml", 0, FIX "bad_choice.yml:2:15",
+                      "expected cosine, linear or constant");
+}
+
+Test(config, unknown_lora_target)
+{
+    expect_load_error(FIX "bad_target.yml", 0, FIX "bad_target.yml:2:31", "qkv_proj");
+}
+
+Test(config, unsupported_dataset_type)
+{
+    expect_load_error(FIX "bad_dataset_type.yml", 0, FIX "bad_dataset_type.yml:4:11",
+                      "datasets[].type: expected alpaca");
+}
+
+Test(config, unknown_key_warns_with_its_line)
+{
+    rubric_config c;
+    capture_begin();
+    int rc = load_final(&c, FIX "unknown_key.yml", 0);
+    char *log = capture_end();
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    cr_assert(strstr(log, "warn: " FIX "unknown_key.yml:2:1: unknown key 'lora_rr'"), "%s", log);
+    cr_assert(strstr(log, "did you mean 'lora_r'"), "%s", log);
+    cr_assert_eq(c.lora_r, 4);
+    free(log);
+    config_free(&c);
+}
+
+Test(config, unknown_key_is_an_error_when_strict)
+{
+    expect_load_error(FIX "unknown_key.yml", 1, FIX "unknown_key.yml:2:1", "unknown key");
+    expect_load_error(FIX "strict_in_file.yml", 0, FIX "strict_in_file.yml:3:1", "unknown key");
+}
+
+Test(config, yaml_syntax_error)
+{
+    expect_load_error(FIX "bad_syntax.yml", 0, FIX "bad_syntax.yml:3:", "YAML syntax error");
+}
+
+Test(config, duplicate_key)
+{
+    expect_load_error(FIX "duplicate_key.yml", 0, FIX "duplicate_key.yml:3:1",
+                      "first at line 2");
+}
+
+Test(config, missing_file)
+{
+    expect_load_error(FIX "no_such_config.yml", 0, FIX "no_such_config.yml",
+                      "No such file or directory");
+}
+
+Test(config, empty_or_not_a_mapping)
+{
+    expect_load_error(FIX "empty.yml", 0, FIX "empty.yml:1:1", "empty");
+    expect_load_error(FIX "not_a_mapping.yml", 0, FIX "not_a_mapping.yml:1:1",
+                      "expected a mapping");
+}
+
+Test(config, cross_key_conflict)
+{
+    expect_load_error(FIX "warmup_both.yml", 0, FIX "warmup_both.yml:3:1",
+                      "warmup_steps and warmup_ratio");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* DeepSpeed JSON                                                                             */
+
+Test(config, deepspeed_stage3_is_an_error)
+{
+    expect_load_error(FIX "ds_stage3.yml", 0, FIX "ds_stage3.yml:2:1", "stage 3");
+}
+
+Test(config, deepspeed_missing_file_warns_and_means_stage2)
+{
+    rubric_config c;
+    capture_begin();
+    int rc = load_final(&c, FIX "ds_missing.yml", 0);
+    char *log = capture_end();
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    cr_assert(strstr(log, "warn: " FIX "ds_missing.yml:2:1: deepspeed:"), "%s", log);
+    cr_assert(strstr(log, "not found"), "%s", log);
+    cr_assert_eq(c.zero_stage, 2);
+    cr_assert_null(c.deepspeed_path);
+    free(log);
+    config_free(&c);
+}
+
+Test(config, deepspeed_beside_the_config_with_buckets)
+{
+    rubric_config c;
+    cr_assert_eq(load_final(&c, FIX "ds_buckets.yml", 0), 0, "%s", err_msg());
+    cr_assert_str_eq(c.deepspeed_path, FIX "ds_buckets.json");
+    cr_assert_eq(c.zero_stage, 1);
+    cr_assert_eq(c.reduce_bucket_size, 200000000);
+    cr_assert_eq(c.allgather_bucket_size, 500000000); /* "auto": the default */
+    config_free(&c);
+}
+
+Test(config, deepspeed_invalid_json)
+{
+    expect_load_error(FIX "ds_broken.yml", 0, FIX "ds_broken.json:4:", "invalid JSON");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* --set                                                                                      */
+
+Test(config, set_overrides)
+{
+    rubric_config c;
+    cr_assert_eq(config_load(&c, "jobs/example_axolotl.yml", 0), 0, "%s", err_msg());
+    cr_assert_eq(config_set(&c, "lora_r=8"), 0, "%s", err_msg());
+    cr_assert_eq(config_set(&c, "lora_target_modules=[q_proj, v_proj]"), 0, "%s", err_msg());
+    cr_assert_eq(config_set(&c, "learning_rate=3e-4"), 0, "%s", err_msg());
+    cr_assert_eq(config_set(&c, "datasets=[{path: other.jsonl, type: alpaca}]"), 0, "%s",
+                 err_msg());
+    cr_assert_eq(config_set(&c, "deepspeed="), 0, "%s", err_msg());
+    cr_assert_eq(config_set(&c, "chat_template="), 0, "%s", err_msg());
+    cr_assert_eq(config_finalize(&c), 0, "%s", err_msg());
+    cr_assert_null(c.chat_template);
+    cr_assert_eq(c.prompt_format, PROMPT_ALPACA);
+    cr_assert_eq(c.lora_r, 8);
+    cr_assert_eq(c.lora_targets, (unsigned)(LORA_Q | LORA_V));
+    cr_assert_float_eq(c.learning_rate, 3e-4, 0);
+    cr_assert_eq(c.n_datasets, 1);
+    cr_assert_str_eq(c.datasets[0].path, "other.jsonl");
+    cr_assert_null(c.deepspeed);
+    cr_assert_eq(config_key_line(&c, "lora_r"), -1);
+    cr_assert_eq(config_key_line(&c, "sequence_len"), 13);
+    config_free(&c);
+}
+
+Test(config, set_bad_value_names_the_column)
+{
+    rubric_config c;
+    config_defaults(&c);
+    expect_input_error(config_set(&c, "lora_r=abc"), "--set:1:8",
+                       "lora_r: expected a positive integer, got \"abc\"");
+    expect_input_error(config_set(&c, "lora_target_modules=[q_proj, zz]"), "--set:1:30", "zz");
+    expect_input_error(config_set(&c, "lora_r=[1"), "--set:1:", "YAML syntax error");
+    expect_input_error(config_set(&c, "chat_template=chatml"), "--set:1:15",
+                       "chat_template: expected qwen3 or tokenizer_default");
+    config_free(&c);
+}
+
+Test(config, set_unknown_key_is_an_error)
+{
+    rubric_config c;
+    config_defaults(&c);
+    expect_input_error(config_set(&c, "lora_rr=8"), "--set:1:1", "unknown key 'lora_rr'");
+    expect_input_error(config_set(&c, "lora_r"), "--set 'lora_r'", "expected key=value");
+    config_free(&c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* base_model: local folder or the Hugging Face cache                                         */
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+Test(config, base_model_from_the_hf_cache)
+{
+    char home[] = "/tmp/rubric_hf_XXXXXX";
+    cr_assert(mkdtemp(home));
+    char *snap = xasprintf("%s/hub/models--Qwen--Qwen3-1.7B/snapshots/0123abcd", home);
+    char *refs = xasprintf("%s/hub/models--Qwen--Qwen3-1.7B/refs", home);
+    cr_assert_eq(mkdir_p(snap), 0);
+    cr_assert_eq(mkdir_p(refs), 0);
+    char *ref = xasprintf("%s/main", refs);
+    write_text(ref, "0123abcd");
+    setenv("HF_HOME", home, 1);
+    unsetenv("HF_HUB_CACHE");
+
+    /* a snapshot without config.json is an incomplete download */
+    rubric_config c;
+    cr_assert_eq(load_final(&c, "jobs/example_axolotl.yml", 0), 0, "%s", err_msg());
+    expect_input_error(config_resolve_model(&c), "jobs/example_axolotl.yml:1:1",
+                       "incomplete download");
+    char *config_json = xasprintf("%s/config.json", snap);
+    write_text(config_json, "{}");
+    free(config_json);
+    cr_assert_eq(config_resolve_model(&c), 0, "%s", err_msg());
+    cr_assert_str_eq(c.base_model_dir, snap);
+    cr_assert_str_eq(c.tokenizer_dir, snap);
+
+    /* a model that is not there: say how to download it */
+    cr_assert_eq(config_set(&c, "base_model=Qwen/Qwen3-0.6B"), 0);
+    expect_input_error(config_resolve_model(&c), "--set",
+                       "huggingface-cli download Qwen/Qwen3-0.6B");
+    config_free(&c);
+
+    /* a local folder is used as is */
+    config_defaults(&c);
+    cr_assert_eq(config_set(&c, "base_model=tests/fixtures/config"), 0);
+    cr_assert_eq(config_resolve_model(&c), 0, "%s", err_msg());
+    cr_assert_str_eq(c.base_model_dir, "tests/fixtures/config");
+    config_free(&c);
+    char *rm = xasprintf("rm -rf '%s'", home);
+    cr_assert_eq(system(rm), 0);
+    free(rm);
+    free(snap);
+    free(refs);
+    free(ref);
+}
+
+Test(config, base_model_missing_from_the_cache)
+{
+    setenv("HF_HOME", "/nonexistent/rubric_hf", 1);
+    unsetenv("HF_HUB_CACHE");
+    rubric_config c;
+    cr_assert_eq(load_final(&c, "jobs/example_axolotl.yml", 0), 0, "%s", err_msg());
+    expect_input_error(config_resolve_model(&c), "jobs/example_axolotl.yml:1:1",
+                       "huggingface-cli download Qwen/Qwen3-1.7B");
+    config_free(&c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The shared command-line options                                                            */
+
+static int own_seen;
+
+static int own_option(int opt, const char *arg, void *ctx)
+{
+    if (opt == 'o') {
+        *(const char **)ctx = arg;
+        own_seen++;
+        return 0;
+    }
+    return err_set(RB_EXIT_INPUT, "unexpected option %d", opt);
+}
+
+static const struct option own_longs[] = {{"out", required_argument, NULL, 'o'}, {0}};
+
+static cli_spec test_spec(const char **out)
+{
+    cli_spec s = {.command = "train", .usage = "[CONFIG] [options]", .options = own_longs,
+                  .short_options = "o:", .on_option = own_option, .ctx = out,
+                  .config_positional = 1, .config_required = 1, .max_args = 1};
+    return s;
+}
+
+Test(cli, common_and_own_options)
+{
+    char *argv[] = {"train", "jobs/example_axolotl.yml", "--set", "lora_r=8", "--strict",
+                    "--out", "x.jsonl", "--set", "seed=7", "extra", "--quiet", NULL};
+    const char *out_path = NULL;
+    cli_spec spec = test_spec(&out_path);
+    cli_common cli;
+    cr_assert_eq(cli_parse_common(11, argv, &spec, &cli), 0);
+    cr_assert_str_eq(cli.config_path, "jobs/example_axolotl.yml");
+    cr_assert_eq(cli.n_sets, 2);
+    cr_assert_str_eq(cli.sets[1], "seed=7");
+    cr_assert_eq(cli.strict, 1);
+    cr_assert_eq(cli.quiet, 1);
+    cr_assert_str_eq(out_path, "x.jsonl");
+    cr_assert_eq(cli.n_args, 1);
+    cr_assert_str_eq(cli.args[0], "extra");
+    cr_assert_eq(log_get_level(), LOG_WARN);
+
+    rubric_config c;
+    cr_assert_eq(cli_load_config(&cli, &c), 0, "%s", err_msg());
+    cr_assert_eq(c.lora_r, 8);
+    cr_assert_eq(c.seed, 7u);
+    config_free(&c);
+    cli_free(&cli);
+}
+
+Test(cli, usage_errors_exit_2)
+{
+    const char *out_path = NULL;
+    cli_spec spec = test_spec(&out_path);
+    cli_common cli;
+    char *bad_option[] = {"train", "c.yml", "--bogus", NULL};
+    cr_assert_eq(cli_parse_common(3, bad_option, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+    char *bad_level[] = {"train", "c.yml", "--log-level", "loud", NULL};
+    cr_assert_eq(cli_parse_common(4, bad_level, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+    char *no_config[] = {"train", "--strict", NULL};
+    cr_assert_eq(cli_parse_common(2, no_config, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+    char *bad_set[] = {"train", "c.yml", "--set", "lora_r", NULL};
+    cr_assert_eq(cli_parse_common(4, bad_set, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+    char *missing_value[] = {"train", "c.yml", "--set", NULL};
+    cr_assert_eq(cli_parse_common(3, missing_value, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+    char *too_many[] = {"train", "c.yml", "a", "b", NULL};
+    cr_assert_eq(cli_parse_common(4, too_many, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+}
+
+Test(cli, help_returns_0_and_sets_help)
+{
+    const char *out_path = NULL;
+    cli_spec spec = test_spec(&out_path);
+    cli_common cli;
+    char *argv[] = {"train", "--help", NULL};
+    cr_assert_eq(cli_parse_common(2, argv, &spec, &cli), 0);
+    cr_assert_eq(cli.help, 1);
+    cli_free(&cli);
+}
+
+Test(cli, bad_set_value_fails_the_load)
+{
+    const char *out_path = NULL;
+    cli_spec spec = test_spec(&out_path);
+    cli_common cli;
+    char *argv[] = {"train", "--config", "jobs/example_axolotl.yml", "--set", "lora_r=abc",
+                    NULL};
+    cr_assert_eq(cli_parse_common(5, argv, &spec, &cli), 0);
+    rubric_config c;
+    expect_input_error(cli_load_config(&cli, &c), "--set:1:8", "lora_r");
+    config_free(&c);
+    cli_free(&cli);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* docs/config.md documents every key                                                         */
+
+Test(config, every_key_is_documented)
+{
+    char *doc = NULL;
+    cr_assert_eq(read_file("docs/config.md", &doc, NULL), 0, "%s", err_msg());
+    int n = 0;
+    for (const char *name; (name = config_key_name(n)); n++) {
+        char *row = xasprintf("\n| `%s` |", name);
+        cr_assert(strstr(doc, row), "docs/config.md has no table row for `%s`", name);
+        free(row);
+    }
+    cr_assert_gt(n, 50);
+    free(doc);
+}

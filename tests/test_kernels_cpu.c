@@ -1,0 +1,499 @@
+/*
+ * test_kernels_cpu.c: every op of the CPU backend against a naive double-precision
+ * implementation, and the backward ops against finite differences of their forward ops.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nf4.h"
+#include "ops.h"
+#include "util.h"
+
+#pragma weak nf4_quantize
+#pragma weak nf4_dequantize
+#pragma weak nf4_block_absmax
+#pragma weak nf4_free
+
+static const kernel_ops *K;
+
+static void setup(void) { K = kernel_ops_cpu(); }
+
+TestSuite(kernels_cpu, .init = setup);
+
+/* ---- helpers ---- */
+
+static uint64_t rng_state = 12345;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static float *rand_buf(int64_t n, float scale)
+{
+    float *v = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++)
+        v[i] = scale * frand();
+    return v;
+}
+
+static float *copy_buf(const float *x, int64_t n)
+{
+    float *v = xmalloc(sizeof(float) * (size_t)n);
+    memcpy(v, x, sizeof(float) * (size_t)n);
+    return v;
+}
+
+static double max_rel(const float *got, const double *want, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num = fmax(num, fabs(got[i] - want[i]));
+        den = fmax(den, fabs(want[i]));
+    }
+    return num / (den > 0 ? den : 1);
+}
+
+static double max_rel_f(const float *got, const float *want, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)got[i] - want[i]));
+        den = fmax(den, fabs((double)want[i]));
+    }
+    return num / (den > 0 ? den : 1);
+}
+
+static double dot(const float *a, const float *b, int64_t n)
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* ---- GEMM ---- */
+
+Test(kernels_cpu, gemm_all_transposes)
+{
+    int m = 7, n = 5, k = 9;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 1, ldc = n + 3;
+            float *a = rand_buf((int64_t)(ta ? k : m) * lda, 1), *b = rand_buf((int64_t)(tb ? n : k) * ldb, 1);
+            float *c = rand_buf((int64_t)m * ldc, 1), *c0 = copy_buf(c, (int64_t)m * ldc);
+            K->gemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c, ldc);
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int p = 0; p < k; p++)
+                        s += (double)(ta ? a[p * lda + i] : a[i * lda + p]) *
+                             (tb ? b[j * ldb + p] : b[p * ldb + j]);
+                    double want = 0.5 * s + 2.0 * c0[i * ldc + j];
+                    cr_assert(fabs(c[i * ldc + j] - want) < 1e-5, "ta %d tb %d", ta, tb);
+                }
+            free(a);
+            free(b);
+            free(c);
+            free(c0);
+        }
+}
+
+/* ---- RMSNorm ---- */
+
+Test(kernels_cpu, rmsnorm_forward_and_backward)
+{
+    int rows = 3, dim = 16;
+    int64_t n = (int64_t)rows * dim;
+    float *x = rand_buf(n, 2), *w = rand_buf(dim, 1), *y = xmalloc(sizeof(float) * n);
+    float *rstd = xmalloc(sizeof(float) * rows), *dy = rand_buf(n, 1);
+    float *dx = xmalloc(sizeof(float) * n);
+    K->rmsnorm_fwd(y, rstd, x, w, rows, dim, 1e-6f);
+    double *want = xmalloc(sizeof(double) * n);
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int c = 0; c < dim; c++)
+            ss += (double)x[r * dim + c] * x[r * dim + c];
+        double rs = 1.0 / sqrt(ss / dim + 1e-6);
+        for (int c = 0; c < dim; c++)
+            want[r * dim + c] = w[c] * x[r * dim + c] * rs;
+    }
+    cr_assert(max_rel(y, want, n) < 1e-6);
+
+    /* backward against central differences of L = sum(dy * y) */
+    K->rmsnorm_bwd(dx, dy, x, w, rstd, rows, dim);
+    for (int64_t i = 0; i < n; i++) {
+        float h = 1e-2f, keep = x[i];
+        x[i] = keep + h;
+        K->rmsnorm_fwd(y, rstd, x, w, rows, dim, 1e-6f);
+        double lp = dot(dy, y, n);
+        x[i] = keep - h;
+        K->rmsnorm_fwd(y, rstd, x, w, rows, dim, 1e-6f);
+        double lm = dot(dy, y, n);
+        x[i] = keep;
+        want[i] = (lp - lm) / (2 * h);
+    }
+    cr_assert(max_rel(dx, want, n) < 1e-3, "rmsnorm_bwd vs FD: %g", max_rel(dx, want, n));
+    free(x); free(w); free(y); free(rstd); free(dy); free(dx); free(want);
+}
+
+/* ---- RoPE ---- */
+
+Test(kernels_cpu, rope_matches_rotate_half_and_inverts)
+{
+    int T = 4, H = 3, D = 8;
+    int64_t n = (int64_t)T * H * D;
+    int32_t pos[4] = {0, 1, 7, 300};
+    float *x = rand_buf(n, 1), *x0 = copy_buf(x, n);
+    double *want = xmalloc(sizeof(double) * n);
+    K->rope_fwd(x, pos, T, H, D, 10000.0f);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < D; i++) {
+                int j = i % (D / 2);
+                double ang = pos[t] * pow(10000.0, -2.0 * j / D);
+                const float *v = x0 + (t * H + h) * D;
+                double rot = i < D / 2 ? -v[i + D / 2] : v[i - D / 2];
+                want[(t * H + h) * D + i] = v[i] * cos(ang) + rot * sin(ang);
+            }
+    cr_assert(max_rel(x, want, n) < 1e-5, "rope %g", max_rel(x, want, n));
+    K->rope_bwd(x, pos, T, H, D, 10000.0f);
+    cr_assert(max_rel_f(x, x0, n) < 1e-6, "rope_bwd is the inverse rotation");
+    free(x); free(x0); free(want);
+}
+
+/* ---- attention ---- */
+
+/* Naive attention in double: query i of segment s sees keys 0..nk-nq+i of its segment. */
+static void attention_naive(double *out, const float *q, const float *k, const float *v,
+                            const int32_t *cu_q, const int32_t *cu_k, int n_seg, int H, int KV,
+                            int D, double scale)
+{
+    for (int s = 0; s < n_seg; s++) {
+        int nq = cu_q[s + 1] - cu_q[s], nk = cu_k[s + 1] - cu_k[s];
+        for (int h = 0; h < H; h++) {
+            int g = h / (H / KV);
+            for (int i = 0; i < nq; i++) {
+                const float *qi = q + ((int64_t)(cu_q[s] + i) * H + h) * D;
+                int vis = nk - nq + i + 1;
+                double *sc = xmalloc(sizeof(double) * vis), mx = -1e300, sum = 0;
+                for (int j = 0; j < vis; j++) {
+                    const float *kj = k + ((int64_t)(cu_k[s] + j) * KV + g) * D;
+                    sc[j] = 0;
+                    for (int c = 0; c < D; c++)
+                        sc[j] += (double)qi[c] * kj[c];
+                    sc[j] *= scale;
+                    mx = fmax(mx, sc[j]);
+                }
+                for (int j = 0; j < vis; j++)
+                    sum += (sc[j] = exp(sc[j] - mx));
+                double *o = out + ((int64_t)(cu_q[s] + i) * H + h) * D;
+                for (int c = 0; c < D; c++) {
+                    o[c] = 0;
+                    for (int j = 0; j < vis; j++)
+                        o[c] += sc[j] / sum * v[((int64_t)(cu_k[s] + j) * KV + g) * D + c];
+                }
+                free(sc);
+            }
+        }
+    }
+}
+
+Test(kernels_cpu, attention_forward_packed_gqa)
+{
+    /* three segments, one longer than a 64-row query block */
+    int H = 4, KV = 2, D = 8, T = 100;
+    int32_t cu[4] = {0, 13, 13 + 70, 100};
+    int64_t nq = (int64_t)T * H * D, nk = (int64_t)T * KV * D;
+    float *q = rand_buf(nq, 1), *k = rand_buf(nk, 1), *v = rand_buf(nk, 1);
+    float *out = xmalloc(sizeof(float) * nq), *lse = xmalloc(sizeof(float) * T * H);
+    double *want = xmalloc(sizeof(double) * nq);
+    K->attention_fwd(out, lse, q, k, v, cu, cu, 3, 70, H, KV, D, 0.35f);
+    attention_naive(want, q, k, v, cu, cu, 3, H, KV, D, 0.35);
+    cr_assert(max_rel(out, want, nq) < 1e-5, "attention %g", max_rel(out, want, nq));
+    free(q); free(k); free(v); free(out); free(lse); free(want);
+}
+
+Test(kernels_cpu, attention_forward_with_cached_keys)
+{
+    /* prefill: 5 new queries after 9 cached keys (bottom-right causal alignment) */
+    int H = 2, KV = 1, D = 4;
+    int32_t cu_q[2] = {0, 5}, cu_k[2] = {0, 14};
+    float *q = rand_buf(5 * H * D, 1), *k = rand_buf(14 * KV * D, 1), *v = rand_buf(14 * KV * D, 1);
+    float *out = xmalloc(sizeof(float) * 5 * H * D);
+    double *want = xmalloc(sizeof(double) * 5 * H * D);
+    K->attention_fwd(out, NULL, q, k, v, cu_q, cu_k, 1, 5, H, KV, D, 0.5f);
+    attention_naive(want, q, k, v, cu_q, cu_k, 1, H, KV, D, 0.5);
+    cr_assert(max_rel(out, want, 5 * H * D) < 1e-5);
+    free(q); free(k); free(v); free(out); free(want);
+}
+
+Test(kernels_cpu, attention_backward_vs_finite_differences)
+{
+    int H = 4, KV = 2, D = 4, T = 75;
+    int32_t cu[3] = {0, 6, 75};
+    int64_t nq = (int64_t)T * H * D, nk = (int64_t)T * KV * D;
+    float *q = rand_buf(nq, 1), *k = rand_buf(nk, 1), *v = rand_buf(nk, 1), *r = rand_buf(nq, 1);
+    float *out = xmalloc(sizeof(float) * nq), *lse = xmalloc(sizeof(float) * T * H);
+    float *dq = xmalloc(sizeof(float) * nq), *dk = rand_buf(nk, 9), *dv = rand_buf(nk, 9);
+    K->attention_fwd(out, lse, q, k, v, cu, cu, 2, 69, H, KV, D, 0.5f);
+    K->attention_bwd(dq, dk, dv, r, q, k, v, out, lse, cu, cu, 2, 69, H, KV, D, 0.5f);
+
+    /* L = sum(r * out); check a spread of entries of each input */
+    float *ins[3] = {q, k, v}, *grads[3] = {dq, dk, dv};
+    int64_t sizes[3] = {nq, nk, nk};
+    double *o = xmalloc(sizeof(double) * nq);
+    for (int which = 0; which < 3; which++)
+        for (int64_t i = 0; i < sizes[which]; i += 37) {
+            float keep = ins[which][i];
+            double l[2];
+            for (int sgn = 0; sgn < 2; sgn++) {
+                ins[which][i] = keep + (sgn ? -1e-3f : 1e-3f);
+                attention_naive(o, q, k, v, cu, cu, 2, H, KV, D, 0.5);
+                l[sgn] = 0;
+                for (int64_t j = 0; j < nq; j++)
+                    l[sgn] += r[j] * o[j];
+            }
+            ins[which][i] = keep;
+            double fd = (l[0] - l[1]) / 2e-3;
+            cr_assert(fabs(grads[which][i] - fd) < 1e-3 * fmax(1.0, fabs(fd)),
+                      "input %d elem %lld: %g vs FD %g", which, (long long)i, grads[which][i], fd);
+        }
+    free(q); free(k); free(v); free(r); free(out); free(lse); free(dq); free(dk); free(dv);
+    free(o);
+}
+
+/* ---- SwiGLU ---- */
+
+Test(kernels_cpu, swiglu_forward_and_backward)
+{
+    int64_t n = 40;
+    float *g = rand_buf(n, 4), *u = rand_buf(n, 2), *h = xmalloc(sizeof(float) * n);
+    float *dh = rand_buf(n, 1), *dg = xmalloc(sizeof(float) * n), *du = xmalloc(sizeof(float) * n);
+    K->swiglu_fwd(h, g, u, n);
+    K->swiglu_bwd(dg, du, dh, g, u, n);
+    for (int64_t i = 0; i < n; i++) {
+        double sg = 1 / (1 + exp(-(double)g[i]));
+        cr_assert(fabs(h[i] - g[i] * sg * u[i]) < 1e-5);
+        double e = 1e-3;
+        double fd_g = ((g[i] + e) / (1 + exp(-(g[i] + e))) - (g[i] - e) / (1 + exp(-(g[i] - e)))) /
+                      (2 * e) * u[i] * dh[i];
+        cr_assert(fabs(dg[i] - fd_g) < 1e-4 * fmax(1, fabs(fd_g)), "dgate %g vs %g", dg[i], fd_g);
+        cr_assert(fabs(du[i] - g[i] * sg * dh[i]) < 1e-5);
+    }
+    free(g); free(u); free(h); free(dh); free(dg); free(du);
+}
+
+/* ---- LM head + cross-entropy ---- */
+
+static double xent_naive(const float *hd, const float *w, const int32_t *tg, int n, int dim,
+                         int V, double *row_loss)
+{
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        double *lg = xmalloc(sizeof(double) * V), mx = -1e300, s = 0;
+        for (int j = 0; j < V; j++) {
+            lg[j] = dot(hd + (int64_t)i * dim, w + (int64_t)j * dim, dim);
+            mx = fmax(mx, lg[j]);
+        }
+        for (int j = 0; j < V; j++)
+            s += exp(lg[j] - mx);
+        double l = mx + log(s) - lg[tg[i]];
+        if (row_loss)
+            row_loss[i] = l;
+        total += l;
+        free(lg);
+    }
+    return total;
+}
+
+Test(kernels_cpu, lm_head_xent_loss_and_gradient)
+{
+    int n = 5, dim = 12, V = 300;
+    int32_t tg[5] = {0, 299, 17, 17, 150};
+    float *hd = rand_buf((int64_t)n * dim, 1), *w = rand_buf((int64_t)V * dim, 1);
+    float *rl = xmalloc(sizeof(float) * n), *dh = xmalloc(sizeof(float) * n * dim);
+    double want_rows[5];
+    double loss = K->lm_head_xent(hd, w, tg, n, dim, V, 0.25f, rl, dh);
+    double want = xent_naive(hd, w, tg, n, dim, V, want_rows);
+    cr_assert(fabs(loss - want) < 1e-5 * fabs(want), "loss %g vs %g", loss, want);
+    cr_assert(max_rel(rl, want_rows, n) < 1e-5);
+    for (int64_t i = 0; i < (int64_t)n * dim; i++) {
+        float keep = hd[i];
+        hd[i] = keep + 1e-3f;
+        double lp = xent_naive(hd, w, tg, n, dim, V, NULL);
+        hd[i] = keep - 1e-3f;
+        double lm = xent_naive(hd, w, tg, n, dim, V, NULL);
+        hd[i] = keep;
+        double fd = 0.25 * (lp - lm) / 2e-3;
+        cr_assert(fabs(dh[i] - fd) < 1e-4 * fmax(1, fabs(fd)), "dh %g vs FD %g", dh[i], fd);
+    }
+    /* no gradient asked: same loss */
+    cr_assert(K->lm_head_xent(hd, w, tg, n, dim, V, 1.0f, NULL, NULL) == loss);
+    free(hd); free(w); free(rl); free(dh);
+}
+
+/* ---- LoRA and dropout ---- */
+
+/* L = sum(R * y) with y = x W0 + scale * drop(x) A^T B^T, as a function of x, A and B. */
+static double lora_loss(const float *x, const float *a, const float *b, const float *r, int T,
+                        int in, int out, int rk, float scale, float p, uint64_t seed)
+{
+    float *y = xcalloc((size_t)T * out, sizeof(float)), *u = xmalloc(sizeof(float) * T * rk);
+    K->lora_fwd(y, out, u, x, a, b, T, in, out, rk, scale, p, seed);
+    double l = dot(r, y, (int64_t)T * out);
+    free(y);
+    free(u);
+    return l;
+}
+
+static void check_lora(float p)
+{
+    int T = 6, in = 10, out = 7, rk = 3;
+    float scale = 2.0f;
+    uint64_t seed = 99;
+    float *x = rand_buf(T * in, 1), *a = rand_buf(rk * in, 1), *b = rand_buf(out * rk, 1);
+    float *r = rand_buf(T * out, 1), *y = xcalloc((size_t)T * out, sizeof(float));
+    float *u = xmalloc(sizeof(float) * T * rk), *tmp = xmalloc(sizeof(float) * T * rk);
+    float *dx = xcalloc((size_t)T * in, sizeof(float)), *da = xcalloc((size_t)rk * in, sizeof(float));
+    float *db = xcalloc((size_t)out * rk, sizeof(float));
+    K->lora_fwd(y, out, u, x, a, b, T, in, out, rk, scale, p, seed);
+    K->lora_bwd(dx, da, db, r, out, u, x, a, b, T, in, out, rk, scale, p, seed, tmp);
+
+    float *ins[3] = {x, a, b}, *grads[3] = {dx, da, db};
+    int64_t sizes[3] = {(int64_t)T * in, (int64_t)rk * in, (int64_t)out * rk};
+    for (int which = 0; which < 3; which++)
+        for (int64_t i = 0; i < sizes[which]; i++) {
+            float keep = ins[which][i];
+            ins[which][i] = keep + 1e-2f;
+            double lp = lora_loss(x, a, b, r, T, in, out, rk, scale, p, seed);
+            ins[which][i] = keep - 1e-2f;
+            double lm = lora_loss(x, a, b, r, T, in, out, rk, scale, p, seed);
+            ins[which][i] = keep;
+            double fd = (lp - lm) / 2e-2;
+            cr_assert(fabs(grads[which][i] - fd) < 2e-3 * fmax(1, fabs(fd)),
+                      "p %g input %d elem %lld: %g vs FD %g", p, which, (long long)i,
+                      grads[which][i], fd);
+        }
+    free(x); free(a); free(b); free(r); free(y); free(u); free(tmp); free(dx); free(da); free(db);
+}
+
+Test(kernels_cpu, lora_backward_vs_finite_differences) { check_lora(0.0f); }
+Test(kernels_cpu, lora_with_dropout_backward_vs_finite_differences) { check_lora(0.3f); }
+
+Test(kernels_cpu, dropout_mask_is_seeded)
+{
+    int64_t n = 100000;
+    float *x = xmalloc(sizeof(float) * n), *a = xmalloc(sizeof(float) * n);
+    float *b = xmalloc(sizeof(float) * n);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = 1.0f;
+    K->dropout(a, x, n, 0.25f, 7);
+    K->dropout(b, x, n, 0.25f, 7);
+    cr_assert(memcmp(a, b, sizeof(float) * n) == 0, "same seed, same mask");
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        cr_assert(a[i] == 0.0f || fabsf(a[i] - 1.0f / 0.75f) < 1e-6f);
+        kept += a[i] != 0.0f;
+    }
+    cr_assert(fabs((double)kept / n - 0.75) < 0.01, "kept fraction %g", (double)kept / n);
+    K->dropout(b, x, n, 0.25f, 8);
+    cr_assert(memcmp(a, b, sizeof(float) * n) != 0, "another seed, another mask");
+    free(x); free(a); free(b);
+}
+
+/* ---- rows, residual, reductions ---- */
+
+Test(kernels_cpu, embedding_gather_scatter_add)
+{
+    float table[4 * 3] = {0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32};
+    uint32_t tok[3] = {3, 0, 3};
+    float out[9];
+    K->embedding(out, table, tok, 3, 3);
+    cr_assert(out[0] == 30 && out[4] == 1 && out[8] == 32);
+    int32_t idx[2] = {2, 0};
+    float g[6];
+    K->gather_rows(g, table, idx, 2, 3);
+    cr_assert(g[0] == 20 && g[5] == 2);
+    float acc[12] = {0};
+    K->scatter_add_rows(acc, g, idx, 2, 3);
+    K->scatter_add_rows(acc, g, idx, 2, 3);
+    cr_assert(acc[6] == 40 && acc[2] == 4 && acc[3] == 0);
+    float y[3] = {1, 2, 3};
+    K->add(y, out, 3);
+    K->axpy(3, 2.0f, out, y);
+    cr_assert(y[0] == 91 && y[2] == 99);
+    K->add_bias(out, y, 3, 3);
+    cr_assert(out[3] == 91);
+    cr_assert(fabs(K->sumsq(3, y) - (91.0 * 91 + 95.0 * 95 + 99.0 * 99)) < 1e-9);
+}
+
+Test(kernels_cpu, sumsq_large_is_chunk_ordered)
+{
+    int64_t n = 300001;
+    float *x = rand_buf(n, 1);
+    double want = 0;
+    for (int64_t i = 0; i < n; i++)
+        want += (double)x[i] * x[i];
+    double got = K->sumsq(n, x);
+    cr_assert(fabs(got - want) < 1e-9 * want);
+    cr_assert(K->sumsq(n, x) == got, "deterministic");
+    free(x);
+}
+
+/* ---- AdamW ---- */
+
+Test(kernels_cpu, adamw_matches_torch_formula)
+{
+    int64_t n = 50;
+    float *p = rand_buf(n, 1), *m = rand_buf(n, 0.1f), *v = rand_buf(n, 0.01f), *g = rand_buf(n, 1);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = fabsf(v[i]);
+    double *want = xmalloc(sizeof(double) * n);
+    double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+    int64_t step = 3;
+    for (int64_t i = 0; i < n; i++) {
+        double pp = p[i] * (1 - lr * wd);
+        double mm = b1 * m[i] + (1 - b1) * g[i], vv = b2 * v[i] + (1 - b2) * (double)g[i] * g[i];
+        double den = sqrt(vv) / sqrt(1 - pow(b2, step)) + eps;
+        want[i] = pp - lr / (1 - pow(b1, step)) * mm / den;
+    }
+    K->adamw(p, g, m, v, n, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step);
+    cr_assert(max_rel(p, want, n) < 1e-6, "adamw %g", max_rel(p, want, n));
+    free(p); free(m); free(v); free(g); free(want);
+}
+
+/* ---- NF4 ---- */
+
+Test(kernels_cpu, nf4_dequant_rows_matches_nf4_module)
+{
+    if (!nf4_quantize)
+        cr_skip_test("worker/nf4.c is not in this build");
+    int64_t rows = 9, cols = 50, n = rows * cols; /* blocks straddle rows; last block partial */
+    float *w = rand_buf(n, 3);
+    nf4_tensor q;
+    cr_assert_eq(nf4_quantize(w, n, 1, &q), 0);
+    float *absmax = xmalloc(sizeof(float) * q.n_blocks);
+    for (int64_t b = 0; b < q.n_blocks; b++)
+        absmax[b] = nf4_block_absmax(&q, b);
+    kernel_nf4_weight kw = {q.codes, absmax, rows, cols, 64};
+    float *want = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
+    nf4_dequantize(&q, 0, n, want);
+    K->nf4_dequant_rows(got, &kw, 0, rows);
+    cr_assert(memcmp(got, want, sizeof(float) * n) == 0, "whole weight");
+    K->nf4_dequant_rows(got, &kw, 3, 4);
+    cr_assert(memcmp(got, want + 3 * cols, sizeof(float) * 4 * cols) == 0, "a tile of rows");
+    nf4_free(&q);
+    free(w); free(absmax); free(want); free(got);
+}
+
+Test(kernels_cpu, select_backend)
+{
+    cr_assert_eq(kernel_ops_select("cpu"), kernel_ops_cpu());
+    cr_assert_not_null(kernel_ops_select("auto"));
+    cr_assert_null(kernel_ops_select("tpu"));
+    cr_assert(strstr(err_msg(), "tpu"));
+}

@@ -1,0 +1,475 @@
+/*
+ * test_model.c: the model against transformers + PEFT (fixtures from
+ * tests/ref/gen_model_fixtures.py), and its own invariants: packed == separate samples,
+ * gradient checkpointing bitwise, empty batches, KV-cache inference == full forward, QLoRA ==
+ * fp32 with the dequantized weights, clear load errors.
+ *
+ * "Relative error" of a tensor is max|got - want| / max|want| (infinity norms).
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adamw.h"
+#include "model_internal.h"
+#include "nf4.h"
+#include "safetensors.h"
+#include "util.h"
+
+#pragma weak nf4_quantize
+#pragma weak adamw_step
+
+#define FIX "tests/fixtures/model/"
+
+/* ---- helpers ---- */
+
+static int32_t *json_ints(json_t *root, const char *key, int *n)
+{
+    json_t *a = json_object_get(root, key);
+    cr_assert(json_is_array(a), "batch.json: %s", key);
+    *n = (int)json_array_size(a);
+    int32_t *v = xmalloc(sizeof(int32_t) * (size_t)(*n + 1));
+    for (int i = 0; i < *n; i++)
+        v[i] = (int32_t)json_integer_value(json_array_get(a, (size_t)i));
+    return v;
+}
+
+/* The fixture's packed batch. */
+static void load_batch(const char *name, packed_batch *b)
+{
+    char *path = xasprintf(FIX "%s/batch.json", name);
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    cr_assert(root, "%s: %s", path, je.text);
+    int n, n_cu, n_pos, n_tg;
+    int32_t *tok = json_ints(root, "tokens", &n);
+    int32_t *pos = json_ints(root, "positions", &n_pos);
+    int32_t *tg = json_ints(root, "targets", &n_tg);
+    int32_t *cu = json_ints(root, "cu_seqlens", &n_cu);
+    packed_batch_init(b, 1, n, n_cu - 1);
+    b->n_samples = n_cu - 1;
+    b->n_supervised = 0;
+    for (int i = 0; i < n; i++) {
+        b->tokens[i] = (uint32_t)tok[i];
+        b->positions[i] = pos[i];
+        b->targets[i] = tg[i];
+        b->n_supervised += tg[i] >= 0;
+    }
+    memcpy(b->cu_seqlens, cu, sizeof(int32_t) * (size_t)n_cu);
+    free(tok);
+    free(pos);
+    free(tg);
+    free(cu);
+    json_decref(root);
+    free(path);
+}
+
+/* Sub-batch of segment s of b (positions as they are). */
+static void segment_batch(const packed_batch *b, int s, packed_batch *out)
+{
+    int t0 = b->cu_seqlens[s], n = b->cu_seqlens[s + 1] - t0;
+    packed_batch_init(out, 1, n, 1);
+    out->n_samples = 1;
+    out->cu_seqlens[1] = n;
+    out->n_supervised = 0;
+    for (int i = 0; i < n; i++) {
+        out->tokens[i] = b->tokens[t0 + i];
+        out->positions[i] = b->positions[t0 + i];
+        out->targets[i] = b->targets[t0 + i];
+        out->n_supervised += out->targets[i] >= 0;
+    }
+}
+
+static model *load_model(const char *name, enum adapter_kind adapter, int ckpt, int adapter_file)
+{
+    model_options o;
+    model_options_defaults(&o);
+    o.adapter = adapter;
+    o.lora_r = 4;
+    o.lora_alpha = 8;
+    o.flat_align = 64;
+    o.gradient_checkpointing = ckpt;
+    model *m = NULL;
+    char *dir = xasprintf(FIX "%s", name);
+    int rc = model_load(&m, dir, &o);
+    cr_assert_eq(rc, 0, "model_load %s: %s", dir, err_msg());
+    if (adapter_file) {
+        rc = model_load_adapter(m, dir);
+        cr_assert_eq(rc, 0, "model_load_adapter %s: %s", dir, err_msg());
+    }
+    free(dir);
+    return m;
+}
+
+static double rel_err(const float *got, const float *want, int64_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)got[i] - want[i]));
+        den = fmax(den, fabs((double)want[i]));
+    }
+    return num / (den > 0 ? den : 1.0);
+}
+
+static float *read_expected(safetensors_set *st, const char *name, int64_t n)
+{
+    const st_tensor *t = safetensors_find(st, name);
+    cr_assert(t, "expected.safetensors has no %s", name);
+    float *v = xmalloc(sizeof(float) * (size_t)n);
+    cr_assert_eq(safetensors_read_f32(st, name, 0, NULL, v), 0, "%s: %s", name, err_msg());
+    return v;
+}
+
+static float *grads_host(model *m)
+{
+    model_trainable_view tv;
+    model_trainable(m, &tv);
+    float *g = xmalloc(sizeof(float) * (size_t)tv.n_padded);
+    model_ops(m)->download(g, tv.grads, sizeof(float) * (size_t)tv.n_padded);
+    return g;
+}
+
+/* ---- against transformers + PEFT ---- */
+
+static void check_reference(const char *name)
+{
+    model *m = load_model(name, ADAPTER_LORA, 0, 1);
+    packed_batch b;
+    load_batch(name, &b);
+    char *path = xasprintf(FIX "%s/expected.safetensors", name);
+    safetensors_set *st = NULL;
+    cr_assert_eq(safetensors_open_file(&st, path), 0, "%s", err_msg());
+    int V = model_get_config(m)->vocab_size;
+
+    /* loss and gradients of loss_sum / n_tok */
+    double loss_sum;
+    int64_t n_tok;
+    model_zero_grad(m);
+    cr_assert_eq(model_forward_backward(m, &b, 1.0f / (float)b.n_supervised, &loss_sum, &n_tok),
+                 0, "%s", err_msg());
+    double want_loss;
+    const st_tensor *lt = safetensors_find(st, "loss_sum");
+    memcpy(&want_loss, safetensors_data(st, lt), sizeof(double));
+    cr_assert_eq(n_tok, b.n_supervised);
+    cr_assert(fabs(loss_sum - want_loss) <= 1e-4 * fabs(want_loss), "%s: loss %.8f vs %.8f",
+              name, loss_sum, want_loss);
+
+    model_trainable_view tv;
+    model_trainable(m, &tv);
+    float *g = grads_host(m);
+    for (int i = 0; i < tv.n_tensors; i++) {
+        const lora_param *p = &tv.table[i];
+        char *key = xasprintf("grad.%s", p->name);
+        int64_t n = (int64_t)p->rows * p->cols;
+        float *want = read_expected(st, key, n);
+        double e = rel_err(g + p->offset, want, n);
+        cr_assert(e <= 1e-4, "%s: %s relative error %.3g", name, key, e);
+        free(want);
+        free(key);
+    }
+
+    /* logits at the supervised rows */
+    int32_t *rows = xmalloc(sizeof(int32_t) * (size_t)n_tok);
+    int k = 0;
+    for (int t = 0; t < b.n_tokens; t++)
+        if (b.targets[t] >= 0)
+            rows[k++] = t;
+    float *logits = xmalloc(sizeof(float) * (size_t)(n_tok * V));
+    cr_assert_eq(model_logits_at(m, &b, rows, k, logits), 0, "%s", err_msg());
+    float *want_logits = read_expected(st, "logits", n_tok * V);
+    double e = rel_err(logits, want_logits, n_tok * V);
+    cr_assert(e <= 1e-4, "%s: logits relative error %.3g", name, e);
+
+    /* one AdamW step (lr 1e-2, betas 0.9/0.999, eps 1e-8, wd 0.01, as the script) */
+    const kernel_ops *ops = model_ops(m);
+    float *mom = ops->alloc(sizeof(float) * (size_t)tv.n_padded);
+    float *var = ops->alloc(sizeof(float) * (size_t)tv.n_padded);
+    ops->adamw(tv.params, tv.grads, mom, var, tv.n_padded, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 1);
+    float *params = xmalloc(sizeof(float) * (size_t)tv.n_padded);
+    ops->download(params, tv.params, sizeof(float) * (size_t)tv.n_padded);
+    for (int i = 0; i < tv.n_tensors; i++) {
+        const lora_param *p = &tv.table[i];
+        char *key = xasprintf("updated.%s", p->name);
+        int64_t n = (int64_t)p->rows * p->cols;
+        float *want = read_expected(st, key, n);
+        double e2 = rel_err(params + p->offset, want, n);
+        cr_assert(e2 <= 1e-5, "%s: %s relative error %.3g", name, key, e2);
+        free(want);
+        free(key);
+    }
+
+    ops->free(mom);
+    ops->free(var);
+    free(params);
+    free(want_logits);
+    free(logits);
+    free(rows);
+    free(g);
+    free(path);
+    safetensors_close(st);
+    packed_batch_free(&b);
+    model_free(m);
+}
+
+Test(model_reference, qwen3) { check_reference("qwen3"); }
+Test(model_reference, qwen3_tied) { check_reference("qwen3_tied"); }
+Test(model_reference, llama) { check_reference("llama"); }
+Test(model_reference, qwen2_bias) { check_reference("qwen2"); }
+
+/* ---- invariants ---- */
+
+Test(model, packed_equals_separate)
+{
+    model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    packed_batch b, s0, s1;
+    load_batch("qwen3", &b);
+    segment_batch(&b, 0, &s0);
+    segment_batch(&b, 1, &s1);
+    float scale = 1.0f / (float)b.n_supervised;
+    double l_packed, l0, l1;
+    int64_t n_packed, n0, n1;
+
+    model_zero_grad(m);
+    cr_assert_eq(model_forward_backward(m, &b, scale, &l_packed, &n_packed), 0);
+    float *g_packed = grads_host(m);
+    model_zero_grad(m);
+    cr_assert_eq(model_forward_backward(m, &s0, scale, &l0, &n0), 0);
+    cr_assert_eq(model_forward_backward(m, &s1, scale, &l1, &n1), 0);
+    float *g_sep = grads_host(m);
+
+    cr_assert_eq(n_packed, n0 + n1);
+    cr_assert(fabs(l_packed - (l0 + l1)) <= 1e-5 * fabs(l_packed), "loss %.8f vs %.8f",
+              l_packed, l0 + l1);
+    model_trainable_view tv;
+    model_trainable(m, &tv);
+    double e = rel_err(g_packed, g_sep, tv.n_padded);
+    cr_assert(e <= 1e-5, "grads packed vs separate: relative error %.3g", e);
+    free(g_packed);
+    free(g_sep);
+    packed_batch_free(&b);
+    packed_batch_free(&s0);
+    packed_batch_free(&s1);
+    model_free(m);
+}
+
+Test(model, checkpointing_is_bitwise)
+{
+    model *a = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    model *c = load_model("qwen3", ADAPTER_LORA, 1, 1);
+    packed_batch b;
+    load_batch("qwen3", &b);
+    double la, lc;
+    int64_t na, nc;
+    model_zero_grad(a);
+    model_zero_grad(c);
+    cr_assert_eq(model_forward_backward(a, &b, 0.25f, &la, &na), 0);
+    cr_assert_eq(model_forward_backward(c, &b, 0.25f, &lc, &nc), 0);
+    float *ga = grads_host(a), *gc = grads_host(c);
+    model_trainable_view tv;
+    model_trainable(a, &tv);
+    cr_assert(la == lc, "loss %.17g vs %.17g", la, lc);
+    cr_assert(memcmp(ga, gc, sizeof(float) * (size_t)tv.n_padded) == 0,
+              "gradients differ with gradient checkpointing");
+    free(ga);
+    free(gc);
+    packed_batch_free(&b);
+    model_free(a);
+    model_free(c);
+}
+
+Test(model, no_supervised_token_adds_nothing)
+{
+    model *m = load_model("qwen3_tied", ADAPTER_LORA, 0, 1);
+    packed_batch b;
+    load_batch("qwen3_tied", &b);
+    for (int t = 0; t < b.n_tokens; t++)
+        b.targets[t] = -1;
+    b.n_supervised = 0;
+    double loss = -1;
+    int64_t n = -1;
+    model_zero_grad(m);
+    cr_assert_eq(model_forward_backward(m, &b, 1.0f, &loss, &n), 0);
+    cr_assert(loss == 0.0 && n == 0);
+    float *g = grads_host(m);
+    model_trainable_view tv;
+    model_trainable(m, &tv);
+    for (int64_t i = 0; i < tv.n_padded; i++)
+        cr_assert(g[i] == 0.0f, "grad %lld = %g", (long long)i, g[i]);
+    cr_assert_eq(model_forward_loss(m, &b, &loss, &n), 0);
+    cr_assert(loss == 0.0 && n == 0);
+    free(g);
+    packed_batch_free(&b);
+    model_free(m);
+}
+
+Test(model, flat_buffer_layout)
+{
+    model *m = load_model("qwen3", ADAPTER_LORA, 0, 0);
+    model_trainable_view tv;
+    model_trainable(m, &tv);
+    /* 2 layers x 7 modules x (A, B) */
+    cr_assert_eq(tv.n_tensors, 28);
+    cr_assert_eq(tv.n_padded % 64, 0);
+    cr_assert(tv.n_padded >= tv.n && tv.n_padded - tv.n < 64);
+    cr_assert_str_eq(tv.table[0].name,
+                     "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    int64_t off = 0;
+    for (int i = 0; i < tv.n_tensors; i++) {
+        cr_assert_eq(tv.table[i].offset, off);
+        off += (int64_t)tv.table[i].rows * tv.table[i].cols;
+    }
+    cr_assert_eq(off, tv.n);
+
+    /* A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT), B = 0 */
+    float *p = xmalloc(sizeof(float) * (size_t)tv.n_padded);
+    model_ops(m)->download(p, tv.params, sizeof(float) * (size_t)tv.n_padded);
+    const lora_param *a = &tv.table[0], *bb = &tv.table[1];
+    float bound = 1.0f / sqrtf((float)a->cols), mx = 0.0f;
+    for (int64_t i = 0; i < (int64_t)a->rows * a->cols; i++)
+        mx = fmaxf(mx, fabsf(p[a->offset + i]));
+    cr_assert(mx <= bound && mx > 0.8f * bound, "lora_A max %g, bound %g", mx, bound);
+    for (int64_t i = 0; i < (int64_t)bb->rows * bb->cols; i++)
+        cr_assert(p[bb->offset + i] == 0.0f);
+    for (int64_t i = tv.n; i < tv.n_padded; i++)
+        cr_assert(p[i] == 0.0f);
+    free(p);
+    model_free(m);
+}
+
+/* KV-cache inference equals the full forward at the last token, also through copy/truncate. */
+Test(model, kv_cache_matches_full_forward)
+{
+    model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    packed_batch b, s1;
+    load_batch("qwen3", &b);
+    segment_batch(&b, 1, &s1);
+    int n = s1.n_tokens, V = model_get_config(m)->vocab_size;
+    int32_t last = n - 1;
+    float *want = xmalloc(sizeof(float) * (size_t)V), *got = xmalloc(sizeof(float) * (size_t)V);
+    cr_assert_eq(model_logits_at(m, &s1, &last, 1, want), 0, "%s", err_msg());
+
+    /* prefix of 5 once, copied, then the rest in two pieces */
+    model_kv_cache *prefix, *row;
+    cr_assert_eq(model_kv_cache_new(m, 32, &prefix), 0);
+    cr_assert_eq(model_kv_cache_new(m, 32, &row), 0);
+    cr_assert_eq(model_prefill(m, prefix, s1.tokens, 5, NULL), 0, "%s", err_msg());
+    cr_assert_eq(model_kv_cache_copy(row, prefix), 0);
+    cr_assert_eq(model_prefill(m, row, s1.tokens + 5, 3, NULL), 0);
+    cr_assert_eq(model_prefill(m, row, s1.tokens + 8, n - 8, got), 0);
+    cr_assert_eq(model_kv_cache_len(row), n);
+    double e = rel_err(got, want, V);
+    cr_assert(e <= 1e-5, "prefill logits relative error %.3g", e);
+
+    /* truncate back to the prefix and redo the rest token by token, batched with a twin */
+    model_kv_cache_truncate(row, 5);
+    model_kv_cache *twin;
+    cr_assert_eq(model_kv_cache_new(m, 32, &twin), 0);
+    cr_assert_eq(model_kv_cache_copy(twin, prefix), 0);
+    model_kv_cache *rows[2] = {row, twin};
+    float *two = xmalloc(sizeof(float) * 2 * (size_t)V);
+    for (int t = 5; t < n; t++) {
+        uint32_t toks[2] = {s1.tokens[t], s1.tokens[t]};
+        cr_assert_eq(model_decode_batch(m, rows, toks, 2, two), 0, "%s", err_msg());
+    }
+    cr_assert(rel_err(two, want, V) <= 1e-5, "decode row 0: %.3g", rel_err(two, want, V));
+    cr_assert(rel_err(two + V, want, V) <= 1e-5);
+
+    /* overflowing the cache is an error, not a write past the end */
+    cr_assert_neq(model_prefill(m, row, s1.tokens, 32, NULL), 0);
+    free(two);
+    model_kv_cache_free(twin);
+    model_kv_cache_free(row);
+    model_kv_cache_free(prefix);
+    free(want);
+    free(got);
+    packed_batch_free(&s1);
+    packed_batch_free(&b);
+    model_free(m);
+}
+
+/* QLoRA: the forward equals the fp32 path run with the dequantized NF4 weights. */
+Test(model, qlora_equals_dequantized_fp32)
+{
+    if (!nf4_quantize)
+        cr_skip_test("worker/nf4.c is not in this build");
+    model *q = load_model("qwen3", ADAPTER_QLORA, 0, 1);
+    model *f = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    const kernel_ops *ops = model_ops(q);
+    for (int l = 0; l < model_get_config(q)->num_hidden_layers; l++)
+        for (int mod = 0; mod < LORA_MOD_COUNT; mod++) {
+            model_linear *lq = &q->layers[l].lin[mod], *lf = &f->layers[l].lin[mod];
+            cr_assert(lq->w == NULL && lf->w != NULL);
+            ops->nf4_dequant_rows(lf->w, &lq->nf4, 0, lq->out);
+        }
+    packed_batch b;
+    load_batch("qwen3", &b);
+    double lq, lf;
+    int64_t nq, nf;
+    model_zero_grad(q);
+    model_zero_grad(f);
+    cr_assert_eq(model_forward_backward(q, &b, 0.1f, &lq, &nq), 0, "%s", err_msg());
+    cr_assert_eq(model_forward_backward(f, &b, 0.1f, &lf, &nf), 0);
+    cr_assert(fabs(lq - lf) <= 1e-6 * fabs(lf), "loss %.8f vs %.8f", lq, lf);
+    float *gq = grads_host(q), *gf = grads_host(f);
+    model_trainable_view tv;
+    model_trainable(q, &tv);
+    double e = rel_err(gq, gf, tv.n_padded);
+    cr_assert(e <= 1e-5, "grads relative error %.3g", e);
+    cr_assert(model_weight_bytes(q) < model_weight_bytes(f));
+    free(gq);
+    free(gf);
+    packed_batch_free(&b);
+    model_free(q);
+    model_free(f);
+}
+
+/* ---- load errors ---- */
+
+Test(model, missing_tensor_is_a_clear_error)
+{
+    /* a folder whose model.safetensors is the adapter file: no base tensors at all */
+    char dir[] = "/tmp/rubric_model_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char *data;
+    size_t n;
+    cr_assert_eq(read_file(FIX "qwen3/config.json", &data, &n), 0);
+    char *p = xasprintf("%s/config.json", dir);
+    cr_assert_eq(write_file_atomic(p, data, n), 0);
+    free(data);
+    free(p);
+    cr_assert_eq(read_file(FIX "qwen3/adapter_model.safetensors", &data, &n), 0);
+    p = xasprintf("%s/model.safetensors", dir);
+    cr_assert_eq(write_file_atomic(p, data, n), 0);
+    free(data);
+
+    model_options o;
+    model_options_defaults(&o);
+    model *m = NULL;
+    int rc = model_load(&m, dir, &o);
+    cr_assert_eq(rc, RB_EXIT_INPUT);
+    cr_assert_null(m);
+    cr_assert(strstr(err_msg(), "model.embed_tokens.weight"), "message: %s", err_msg());
+    remove(p);
+    free(p);
+    p = xasprintf("%s/config.json", dir);
+    remove(p);
+    free(p);
+    rmdir(dir);
+}
+
+Test(model, bad_token_is_an_error)
+{
+    model *m = load_model("qwen3", ADAPTER_LORA, 0, 0);
+    packed_batch b;
+    load_batch("qwen3", &b);
+    b.tokens[3] = 100000;
+    double loss;
+    int64_t n;
+    cr_assert_eq(model_forward_backward(m, &b, 1.0f, &loss, &n), RB_EXIT_INPUT);
+    cr_assert(strstr(err_msg(), "100000"), "message: %s", err_msg());
+    packed_batch_free(&b);
+    model_free(m);
+}

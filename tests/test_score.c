@@ -1,0 +1,254 @@
+/* test_score.c: `rubric score`'s data path with the fake model: output format and order, bad
+ * rows, metrics, MPI equals one process, and resume after kills at random points. */
+#include <jansson.h>
+
+#include "test_score_util.h"
+
+#include "metrics.h"
+#include "score.h"
+#include "util.h"
+
+Test(score, parse_answer)
+{
+    int s[6];
+    cr_assert_eq(score_parse_answer("3 4 2", 3, 0, 5, s), 0);
+    cr_assert(s[0] == 3 && s[1] == 4 && s[2] == 2);
+    cr_assert_eq(score_parse_answer("  1\t5 2\n", 3, 0, 5, s), 0);
+    cr_assert(s[0] == 1 && s[1] == 5 && s[2] == 2);
+    cr_assert_eq(score_parse_answer("3 4", 3, 0, 5, s), RB_EXIT_INPUT);
+    cr_assert_eq(score_parse_answer("3 4 2 1", 3, 0, 5, s), RB_EXIT_INPUT);
+    cr_assert_eq(score_parse_answer("3 6 2", 3, 0, 5, s), RB_EXIT_INPUT);
+    cr_assert_eq(score_parse_answer("3,4,2", 3, 0, 5, s), RB_EXIT_INPUT);
+    cr_assert_eq(score_parse_answer("3 4x 2", 3, 0, 5, s), RB_EXIT_INPUT);
+    cr_assert_eq(score_parse_answer("", 1, 0, 5, s), RB_EXIT_INPUT);
+    char *p = score_default_metrics_path("out/preds.jsonl");
+    cr_assert_str_eq(p, "out/preds.metrics.json");
+    free(p);
+}
+
+/* Run `rubric score --fake-model` (np 0: one process, else under mpirun -np np). */
+static int run_score(int np, const char *in, const char *out, const char *log, int resume,
+                     int delay_us, pid_t *started)
+{
+    char delay[32], nps[16];
+    snprintf(delay, sizeof delay, "%d", delay_us);
+    snprintf(nps, sizeof nps, "%d", np);
+    char *argv[32];
+    int a = 0;
+    if (np > 0) {
+        argv[a++] = "mpirun";
+        argv[a++] = "-np";
+        argv[a++] = nps;
+        argv[a++] = "--oversubscribe";
+    }
+    argv[a++] = (char *)st_bin();
+    argv[a++] = "score";
+    argv[a++] = "--fake-model";
+    argv[a++] = "--input";
+    argv[a++] = (char *)in;
+    argv[a++] = "--output";
+    argv[a++] = (char *)out;
+    argv[a++] = "--chunk-rows";
+    argv[a++] = "16";
+    argv[a++] = "--fake-delay-us";
+    argv[a++] = delay;
+    if (resume)
+        argv[a++] = "--resume";
+    argv[a] = NULL;
+    pid_t pid = st_start(argv, log);
+    if (started) {
+        *started = pid;
+        return 0;
+    }
+    return st_wait(pid, NULL);
+}
+
+static json_t *line_json(const char *line)
+{
+    json_error_t e;
+    json_t *j = json_loads(line, 0, &e);
+    cr_assert(j, "not JSON: %s (%s)", line, e.text);
+    return j;
+}
+
+Test(score, fake_model_output_rows_in_order_with_bad_rows)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *out = st_path(dir, "p.jsonl");
+    char *log = st_path(dir, "log");
+    long n = 300;
+    st_write_rows(in, n, 3, 40);
+    cr_assert_eq(run_score(0, in, out, log, 0, 0, NULL), 0, "see %s", log);
+
+    /* one line per input line, rows 0..n-1 in order; bad lines are bad rows */
+    FILE *f = fopen(out, "r");
+    cr_assert(f);
+    char *line = NULL;
+    size_t cap = 0;
+    long row = 0, bad = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *j = line_json(line);
+        cr_assert_eq(json_integer_value(json_object_get(j, "row")), row);
+        const char *status = json_string_value(json_object_get(j, "status"));
+        int expect_bad = row % 40 == 7;
+        if (expect_bad) {
+            cr_assert_str_eq(status, "bad_row", "row %ld", row);
+            cr_assert(json_is_null(json_object_get(j, "scores")));
+            const char *err = json_string_value(json_object_get(j, "error"));
+            char where[32];
+            snprintf(where, sizeof where, "line %ld:", row + 1);
+            cr_assert(err && strstr(err, where), "row %ld: error '%s'", row, err);
+            bad++;
+        } else {
+            cr_assert(!strcmp(status, "ok") || !strcmp(status, "off_grammar"), "%s", status);
+            json_t *sc = json_object_get(j, "scores");
+            cr_assert_eq(json_array_size(sc), 3);
+            char text[16];
+            snprintf(text, sizeof text, "%d %d %d",
+                     (int)json_integer_value(json_array_get(sc, 0)),
+                     (int)json_integer_value(json_array_get(sc, 1)),
+                     (int)json_integer_value(json_array_get(sc, 2)));
+            cr_assert_str_eq(json_string_value(json_object_get(j, "text")), text);
+        }
+        json_decref(j);
+        row++;
+    }
+    free(line);
+    fclose(f);
+    cr_assert_eq(row, n);
+    cr_assert(bad > 5);
+
+    /* nothing left behind, metrics next to the output with the row counts */
+    char *partial = st_path(dir, "p.jsonl.partial"), *journal = st_path(dir, "p.jsonl.journal");
+    cr_assert(access(partial, F_OK) != 0 && access(journal, F_OK) != 0);
+    char *mpath = st_path(dir, "p.metrics.json");
+    json_error_t e;
+    json_t *m = json_load_file(mpath, 0, &e);
+    cr_assert(m, "%s: %s", mpath, e.text);
+    long unlabelled = 0;
+    for (long i = 0; i < n; i++)
+        unlabelled += i % 40 != 7 && i % 11 == 3;
+    cr_assert_eq(json_integer_value(json_object_get(m, "bad_rows")), bad);
+    cr_assert_eq(json_integer_value(json_object_get(m, "unlabelled_rows")), unlabelled);
+    cr_assert_eq(json_integer_value(json_object_get(m, "rows")), n - bad - unlabelled);
+    cr_assert(json_object_get(m, "majority_baseline"));
+    json_decref(m);
+    st_rm_rf(dir);
+}
+
+Test(score, bad_usage_writes_nothing)
+{
+    char *dir = st_tmpdir(), *out = st_path(dir, "p.jsonl"), *log = st_path(dir, "log");
+    char *missing = st_path(dir, "missing.jsonl");
+    cr_assert_eq(run_score(0, missing, out, log, 0, 0, NULL), 2);
+    cr_assert(access(out, F_OK) != 0);
+    char *in = st_path(dir, "rows.jsonl");
+    FILE *f = fopen(in, "w");
+    fprintf(f, "{\"instruction\": \"r\", \"input\": \"no output anywhere\"}\n");
+    fclose(f);
+    cr_assert_eq(run_score(0, in, out, log, 0, 0, NULL), 2);
+    char *text = st_read(log, NULL);
+    cr_assert(strstr(text, "--num-scores"), "%s", text);
+    free(text);
+    cr_assert(access(out, F_OK) != 0);
+    st_rm_rf(dir);
+}
+
+Test(score, mpi_workers_equal_one_process, .timeout = 240)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *one = st_path(dir, "one.jsonl"), *mpi = st_path(dir, "mpi.jsonl");
+    st_write_rows(in, 2000, 4, 97);
+    cr_assert_eq(run_score(0, in, one, log, 0, 0, NULL), 0);
+    cr_assert_eq(run_score(4, in, mpi, log, 0, 0, NULL), 0, "see %s", log);
+    cr_assert(st_same_file(one, mpi));
+    char *m1 = st_path(dir, "one.metrics.json"), *m2 = st_path(dir, "mpi.metrics.json");
+    cr_assert(st_same_file(m1, m2));
+    st_rm_rf(dir);
+}
+
+/* Kill a run at random points, resume until it completes, compare with an uninterrupted run. */
+static void kill_and_resume(int np, unsigned seed)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *ref = st_path(dir, "ref.jsonl"), *out = st_path(dir, "out.jsonl");
+    long n = 6000;
+    st_write_rows(in, n, 3, 113);
+    cr_assert_eq(run_score(0, in, ref, log, 0, 0, NULL), 0);
+
+    /* about 6000 rows * 500 us / workers: a few seconds per full run */
+    srand(seed);
+    char *journal = st_path(dir, "out.jsonl.journal");
+    int interrupted = 0, rc = -1;
+    for (int attempt = 0; attempt < 12 && rc != 0; attempt++) {
+        pid_t pid;
+        run_score(np, in, out, log, attempt > 0, 500, &pid);
+        if (attempt < 4) {
+            /* once this run has started scoring, at a random moment */
+            st_wait_for_text(log, "chunks of 16 rows", attempt + 2, 60);
+            usleep((useconds_t)(rand() % 1200000));
+            st_kill_tree(pid);
+        }
+        rc = st_wait(pid, NULL);
+        if (rc != 0 && rc != 128 + SIGKILL)
+            cr_assert_fail("run %d ended with %d; see %s", attempt, rc, log);
+        interrupted += rc != 0 && access(journal, F_OK) == 0;
+    }
+    cr_assert_eq(rc, 0, "see %s", log);
+    cr_assert(interrupted >= 1);
+    char *text = st_read(log, NULL);
+    cr_assert(strstr(text, "resuming"), "no run resumed from the journal; see %s", log);
+    free(text);
+    cr_assert(st_same_file(ref, out), "resumed output differs from the uninterrupted run");
+    char *mr = st_path(dir, "ref.metrics.json"), *mo = st_path(dir, "out.metrics.json");
+    cr_assert(st_same_file(mr, mo));
+    st_rm_rf(dir);
+}
+
+Test(score, resume_after_kills_one_process, .timeout = 240)
+{
+    kill_and_resume(0, (unsigned)time(NULL));
+}
+
+Test(score, resume_after_kills_under_mpirun, .timeout = 300)
+{
+    kill_and_resume(3, (unsigned)time(NULL) + 1);
+}
+
+Test(score, resume_refuses_a_changed_input)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "out.jsonl");
+    st_write_rows(in, 3000, 3, 0);
+    pid_t pid;
+    run_score(0, in, out, log, 0, 300, &pid);
+    st_wait_for_text(log, "chunks of 16 rows", 1, 60);
+    usleep(500000);
+    st_kill_tree(pid);
+    st_wait(pid, NULL);
+    char *journal = st_path(dir, "out.jsonl.journal");
+    cr_assert(access(journal, F_OK) == 0);
+    st_write_rows(in, 3001, 3, 0);
+    cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 2);
+    char *text = st_read(log, NULL);
+    cr_assert(strstr(text, "other inputs or options"), "%s", text);
+    free(text);
+    cr_assert(access(out, F_OK) != 0);
+    st_rm_rf(dir);
+}
+
+Test(score, resume_of_a_finished_run_only_recomputes_metrics)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "out.jsonl"), *copy = st_path(dir, "copy.jsonl");
+    st_write_rows(in, 500, 2, 0);
+    cr_assert_eq(run_score(0, in, out, log, 0, 0, NULL), 0);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", out, copy);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 0);
+    cr_assert(st_same_file(out, copy));
+    char *text = st_read(log, NULL);
+    cr_assert(strstr(text, "already complete"), "%s", text);
+    free(text);
+    st_rm_rf(dir);
+}

@@ -1,0 +1,314 @@
+/* test_score_model.c: the model scorer (worker/scorer.c) on tiny random Qwen3 models made by
+ * `rubric init-model` with the real Qwen3 vocabulary:
+ *   - scores with and without the prefix cache, and with any batch size, are identical, and
+ *     equal an independent greedy decode written here (whole-prompt prefill, one token at a
+ *     time, its own allowed-token sets);
+ *   - constrained greedy equals plain greedy where plain greedy stays in the grammar, and the
+ *     row is flagged off-grammar where it does not (a model whose LM head is set so that plain
+ *     greedy answers "<digit><|im_end|>").
+ */
+#include "test_score_util.h"
+
+#include <math.h>
+
+#include "model.h"
+#include "prompt.h"
+#include "safetensors.h"
+#include "scorer.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#define TOK_DIR "share/qwen3-tokenizer"
+
+static const char *rubric_a =
+    "You are an experienced assessor. Score the text on three measures, in this order: "
+    "clarity, grammar and vocabulary. Use integers from 0 (unscorable) to 5 (excellent). "
+    "Answer with exactly three space-separated integers and nothing else.";
+static const char *rubric_b = "Rate the sentence for valence, arousal and dominance (0-5).";
+
+typedef struct {
+    const char *instruction;
+    char input[128];
+} row_text;
+
+static int make_rows(row_text *rows)
+{
+    static const char *texts[] = {
+        "The cat sat on the mat.", "I has went to school yesterday, it were fun.",
+        "Quantum fluctuations notwithstanding, the results hold.", "ok",
+        "We should plant more trees in our city because they give shade.",
+        "Dear Sir, I writes to complain about the noise.", "Hello world!",
+        "Technology changes how students learn; some changes help, others distract.",
+    };
+    int n = 0;
+    for (int i = 0; i < 14; i++) {
+        rows[n].instruction = i >= 6 && i < 8 ? rubric_b : rubric_a;
+        snprintf(rows[n].input, sizeof rows[n].input, "%s (%d)", texts[i % 8], i);
+        n++;
+    }
+    return n;
+}
+
+static char *init_model(const char *dir, const char *name, int untied_f32)
+{
+    char *out = st_path(dir, name), *log = st_path(dir, "init.log");
+    char *argv[] = {(char *)st_bin(), "init-model", "--out", out, "--seed", "5",
+                    untied_f32 ? "--no-tie" : "--tie", "--dtype", untied_f32 ? "f32" : "bf16",
+                    "--tokenizer", TOK_DIR, NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "rubric init-model failed; see %s", log);
+    free(log);
+    return out;
+}
+
+static scorer *new_scorer(const char *model_dir, int k, int prefix_cache, int batch)
+{
+    scorer_options o;
+    scorer_options_defaults(&o);
+    o.model_dir = model_dir;
+    o.tokenizer_dir = TOK_DIR;
+    o.style = PROMPT_STYLE_QWEN3;
+    o.k = k;
+    o.score_min = 0;
+    o.score_max = 5;
+    o.prefix_cache = prefix_cache;
+    o.batch_rows = batch;
+    o.backend = "cpu";
+    scorer *s;
+    cr_assert_eq(scorer_new(&s, &o), 0, "%s", err_msg());
+    return s;
+}
+
+static void score_all(scorer *s, const row_text *rows, int n, scorer_result *out)
+{
+    scorer_row r[32];
+    for (int i = 0; i < n; i++)
+        r[i] = (scorer_row){rows[i].instruction, strlen(rows[i].instruction), rows[i].input,
+                            strlen(rows[i].input)};
+    cr_assert_eq(scorer_score(s, r, n, out), 0, "%s", err_msg());
+}
+
+/* ---- an independent decoder --------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t digit[10];
+    uint32_t space, end;
+} token_ids;
+
+static uint32_t one_id(const tokenizer *tk, const char *text)
+{
+    token_vec v = {0};
+    cr_assert_eq(tokenizer_encode(tk, text, strlen(text), TOK_LITERAL, &v), 0);
+    cr_assert_eq(v.n, 1);
+    uint32_t id = v.ids[0];
+    token_vec_free(&v);
+    return id;
+}
+
+static void get_ids(const tokenizer *tk, token_ids *t)
+{
+    for (int d = 0; d <= 9; d++) {
+        char s[2] = {(char)('0' + d), 0};
+        t->digit[d] = one_id(tk, s);
+    }
+    t->space = one_id(tk, " ");
+    t->end = (uint32_t)tokenizer_token_id(tk, "<|im_end|>");
+}
+
+static uint32_t argmax_of(const float *x, const uint32_t *ids, int n, uint32_t vocab)
+{
+    uint32_t best = ids ? ids[0] : 0;
+    for (int i = 0; i < (ids ? n : (int)vocab); i++) {
+        uint32_t id = ids ? ids[i] : (uint32_t)i;
+        if (x[id] > x[best] || (x[id] == x[best] && id < best))
+            best = id;
+    }
+    return best;
+}
+
+/* Greedy decode of one prompt, whole-prompt prefill, one token per step. constrained: the
+ * grammar's choices (scores, off-grammar flag); else plain greedy up to 2k tokens. */
+static int decode_ref(model *m, const prompt_tokens *pt, const token_ids *t, int k,
+                      int constrained, uint32_t *tokens, int *scores, int *off)
+{
+    uint32_t V = (uint32_t)model_get_config(m)->vocab_size;
+    float *logits = malloc(sizeof(float) * V);
+    model_kv_cache *c;
+    cr_assert_eq(model_kv_cache_new(m, (int)pt->n_prompt + 2 * k + 2, &c), 0);
+    cr_assert_eq(model_prefill(m, c, pt->ids.ids, (int)pt->n_prompt, logits), 0);
+    int n = 0, n_scores = 0;
+    *off = 0;
+    while (n < 2 * k) {
+        uint32_t allowed[8];
+        int na = 0;
+        if (n % 2 == 0)
+            for (int d = 0; d <= 5; d++)
+                allowed[na++] = t->digit[d];
+        else
+            allowed[na++] = n_scores == k ? t->end : t->space;
+        uint32_t plain = argmax_of(logits, NULL, 0, V);
+        uint32_t pick = constrained ? argmax_of(logits, allowed, na, V) : plain;
+        *off |= plain != pick;
+        tokens[n++] = pick;
+        for (int d = 0; d <= 9 && constrained && n % 2 == 1; d++)
+            if (pick == t->digit[d])
+                scores[n_scores++] = d;
+        if (pick == t->end)
+            break;
+        cr_assert_eq(model_prefill(m, c, &pick, 1, logits), 0);
+    }
+    model_kv_cache_free(c);
+    free(logits);
+    return n;
+}
+
+static void encode_row(const prompt_encoder *pe, const row_text *r, prompt_tokens *pt)
+{
+    memset(pt, 0, sizeof *pt);
+    cr_assert_eq(prompt_encode(pe, NULL, r->instruction, strlen(r->instruction), r->input,
+                               strlen(r->input), NULL, 0, pt), 0);
+}
+
+Test(score_model, prefix_cache_and_batches_give_identical_scores, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0);
+    row_text rows[32];
+    int n = make_rows(rows);
+    scorer_result cached[32], whole[32], batched[32];
+
+    scorer *a = new_scorer(mdir, 3, 1, 4);
+    score_all(a, rows, n, cached);
+    scorer_stats st;
+    scorer_get_stats(a, &st);
+    /* rubric a (6 rows), rubric b (2 rows), rubric a again (6 rows) */
+    cr_assert_eq(st.prefix_builds, 3);
+    cr_assert_eq(st.prefix_hits, n - 3);
+
+    scorer *b = new_scorer(mdir, 3, 0, 1);
+    score_all(b, rows, n, whole);
+    scorer *c = new_scorer(mdir, 3, 1, 5);
+    score_all(c, rows, n, batched);
+
+    /* the reference decoder, on the first scorer's model */
+    tokenizer *tk;
+    cr_assert_eq(tokenizer_load(&tk, TOK_DIR), 0);
+    token_ids t;
+    get_ids(tk, &t);
+    int distinct = 0;
+    for (int i = 0; i < n; i++) {
+        prompt_tokens pt;
+        encode_row(scorer_encoder(a), &rows[i], &pt);
+        uint32_t toks[16];
+        int ref[16], off;
+        decode_ref(scorer_model(a), &pt, &t, 3, 1, toks, ref, &off);
+        prompt_tokens_free(&pt);
+        cr_assert(cached[i].ok && whole[i].ok && batched[i].ok, "row %d", i);
+        for (int j = 0; j < 3; j++) {
+            cr_assert_eq(cached[i].scores[j], ref[j], "row %d score %d", i, j);
+            cr_assert_eq(whole[i].scores[j], ref[j], "row %d score %d", i, j);
+            cr_assert_eq(batched[i].scores[j], ref[j], "row %d score %d", i, j);
+        }
+        cr_assert_eq(cached[i].off_grammar, off);
+        cr_assert_eq(whole[i].off_grammar, off);
+        cr_assert_eq(batched[i].off_grammar, off);
+        distinct += i > 0 && memcmp(ref, cached[0].scores, sizeof(int) * 3) != 0;
+    }
+    cr_assert(distinct > 0, "every row got the same scores: the test would prove little");
+    tokenizer_free(tk);
+    scorer_free(a);
+    scorer_free(b);
+    scorer_free(c);
+    st_rm_rf(dir);
+}
+
+/* Set the LM head so that plain greedy answers "<digit><|im_end|>": the row of digit d0 points
+ * along the embedding of the prompt's last token, the row of <|im_end|> along every digit's
+ * embedding, the space's row more weakly along the digits, every other row zero. */
+static void craft_lm_head(const char *mdir, uint32_t last_prompt_token, const token_ids *t,
+                          int d0)
+{
+    safetensors_set *set;
+    cr_assert_eq(safetensors_open_dir(&set, mdir), 0, "%s", err_msg());
+    int n = safetensors_count(set);
+    st_write_tensor *w = calloc((size_t)n, sizeof *w);
+    float **data = calloc((size_t)n, sizeof *data);
+    float *embed = NULL, *head = NULL;
+    int64_t V = 0, H = 0;
+    for (int i = 0; i < n; i++) {
+        const st_tensor *st = safetensors_at(set, i);
+        data[i] = malloc(sizeof(float) * (size_t)st_tensor_numel(st));
+        cr_assert_eq(safetensors_read_f32(set, st->name, 0, NULL, data[i]), 0);
+        w[i] = (st_write_tensor){strdup(st->name), ST_F32, st->ndim, {0}, data[i]};
+        memcpy(w[i].shape, st->shape, sizeof st->shape);
+        if (!strcmp(st->name, "model.embed_tokens.weight"))
+            embed = data[i], V = st->shape[0], H = st->shape[1];
+        if (!strcmp(st->name, "lm_head.weight"))
+            head = data[i];
+    }
+    cr_assert(embed && head, "the model must have an untied lm_head");
+    memset(head, 0, sizeof(float) * (size_t)(V * H));
+    float *row_d0 = head + (int64_t)t->digit[d0] * H, *row_end = head + (int64_t)t->end * H;
+    float *row_sp = head + (int64_t)t->space * H;
+    for (int64_t j = 0; j < H; j++) {
+        row_d0[j] = 50.0f * embed[(int64_t)last_prompt_token * H + j];
+        for (int d = 0; d <= 5; d++) {
+            row_end[j] += 50.0f * embed[(int64_t)t->digit[d] * H + j];
+            row_sp[j] += 20.0f * embed[(int64_t)t->digit[d] * H + j];
+        }
+    }
+    safetensors_close(set);
+    cr_assert_eq(safetensors_write_dir(mdir, w, n, NULL, 0), 0, "%s", err_msg());
+    for (int i = 0; i < n; i++) {
+        free((char *)w[i].name);
+        free(data[i]);
+    }
+    free(w);
+    free(data);
+}
+
+Test(score_model, constrained_equals_plain_greedy_inside_the_grammar, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "crafted", 1);
+    tokenizer *tk;
+    cr_assert_eq(tokenizer_load(&tk, TOK_DIR), 0);
+    token_ids t;
+    get_ids(tk, &t);
+    row_text rows[32];
+    int n = make_rows(rows);
+
+    /* every prompt ends with the same token ("\n\n" after the empty think block) */
+    prompt_encoder pe;
+    cr_assert_eq(prompt_encoder_init(&pe, tk, PROMPT_STYLE_QWEN3, NULL, 0), 0);
+    prompt_tokens pt;
+    encode_row(&pe, &rows[0], &pt);
+    uint32_t last = pt.ids.ids[pt.n_prompt - 1];
+    prompt_tokens_free(&pt);
+    craft_lm_head(mdir, last, &t, 4);
+
+    scorer *one = new_scorer(mdir, 1, 1, 3), *three = new_scorer(mdir, 3, 1, 3);
+    scorer_result r1[32], r3[32];
+    score_all(one, rows, n, r1);
+    score_all(three, rows, n, r3);
+    for (int i = 0; i < n; i++) {
+        encode_row(&pe, &rows[i], &pt);
+        uint32_t plain[16];
+        int unused[16], off;
+        int np = decode_ref(scorer_model(one), &pt, &t, 1, 0, plain, unused, &off);
+        prompt_tokens_free(&pt);
+
+        /* plain greedy is "<digit><|im_end|>": inside the K=1 grammar */
+        cr_assert_eq(np, 2, "row %d: plain greedy took %d tokens", i, np);
+        cr_assert(plain[0] >= t.digit[0] && plain[0] <= t.digit[5] && plain[1] == t.end,
+                  "row %d: plain greedy gave %u %u", i, plain[0], plain[1]);
+        cr_assert(r1[i].ok && !r1[i].off_grammar, "row %d", i);
+        cr_assert_eq(r1[i].scores[0], (int)(plain[0] - t.digit[0]), "row %d", i);
+
+        /* with K=3 plain greedy ends after one score: off-grammar, first score the same */
+        cr_assert(r3[i].ok && r3[i].off_grammar, "row %d", i);
+        cr_assert_eq(r3[i].scores[0], (int)(plain[0] - t.digit[0]), "row %d", i);
+    }
+    prompt_encoder_free(&pe);
+    tokenizer_free(tk);
+    scorer_free(one);
+    scorer_free(three);
+    st_rm_rf(dir);
+}

@@ -1,0 +1,201 @@
+/*
+ * model_infer.c: incremental inference for scoring. A KV cache holds one row's keys (after
+ * q/k norm and RoPE) and values for every layer; prefill appends tokens to it and returns the
+ * logits of the last one; decode_batch advances several rows by one token with the linear
+ * layers batched across rows. The LM head runs only at each row's last token.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+#include "util.h"
+
+/* ---- the cache ---- */
+
+static int64_t kv_width(const model *m)
+{
+    return (int64_t)m->cfg.num_key_value_heads * m->cfg.head_dim;
+}
+
+int model_kv_cache_new(model *m, int capacity, model_kv_cache **out)
+{
+    if (capacity <= 0)
+        return err_set(RB_EXIT_INPUT, "KV cache capacity must be >= 1 (got %d)", capacity);
+    int L = m->cfg.num_hidden_layers;
+    model_kv_cache *c = xcalloc(1, sizeof(*c));
+    c->m = m;
+    c->cap = capacity;
+    c->k = xcalloc((size_t)L, sizeof(float *));
+    c->v = xcalloc((size_t)L, sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        c->k[l] = m->ops->alloc(sizeof(float) * (size_t)(capacity * kv_width(m)));
+        c->v[l] = m->ops->alloc(sizeof(float) * (size_t)(capacity * kv_width(m)));
+    }
+    *out = c;
+    return 0;
+}
+
+void model_kv_cache_free(model_kv_cache *c)
+{
+    if (!c)
+        return;
+    for (int l = 0; l < c->m->cfg.num_hidden_layers; l++) {
+        c->m->ops->free(c->k[l]);
+        c->m->ops->free(c->v[l]);
+    }
+    free(c->k);
+    free(c->v);
+    free(c);
+}
+
+int model_kv_cache_len(const model_kv_cache *c) { return c->len; }
+int model_kv_cache_capacity(const model_kv_cache *c) { return c->cap; }
+
+void model_kv_cache_truncate(model_kv_cache *c, int len)
+{
+    if (len >= 0 && len < c->len)
+        c->len = len;
+}
+
+int model_kv_cache_copy(model_kv_cache *dst, const model_kv_cache *src)
+{
+    if (dst->m != src->m)
+        return err_set(RB_EXIT_RUNTIME, "KV cache copy between different models");
+    if (dst->cap < src->len)
+        return err_set(RB_EXIT_RUNTIME, "KV cache copy: %d tokens do not fit capacity %d",
+                       src->len, dst->cap);
+    size_t bytes = sizeof(float) * (size_t)(src->len * kv_width(src->m));
+    for (int l = 0; l < src->m->cfg.num_hidden_layers; l++) {
+        src->m->ops->copy(dst->k[l], src->k[l], bytes);
+        src->m->ops->copy(dst->v[l], src->v[l], bytes);
+    }
+    dst->len = src->len;
+    return 0;
+}
+
+/* ---- workspace ---- */
+
+void model_infer_release(model *m)
+{
+    const kernel_ops *ops = m->ops;
+    if (m->infer_cap > 0)
+        model_acts_free(m, &m->infer_acts);
+    void *bufs[] = {m->infer_x[0], m->infer_x[1], m->infer_tokens, m->infer_pos, m->infer_cu,
+                    m->infer_last, m->infer_h, m->infer_hn, m->infer_rstd, m->infer_logits};
+    for (size_t i = 0; i < RB_ARRAY_LEN(bufs); i++)
+        ops->free(bufs[i]);
+    m->infer_x[0] = m->infer_x[1] = NULL;
+    m->infer_tokens = NULL;
+    m->infer_pos = m->infer_cu = m->infer_last = NULL;
+    m->infer_h = m->infer_hn = m->infer_rstd = m->infer_logits = NULL;
+    m->infer_cap = m->infer_cap_rows = 0;
+}
+
+static void infer_reserve(model *m, int T, int n_rows)
+{
+    if (T <= m->infer_cap && n_rows <= m->infer_cap_rows)
+        return;
+    T = RB_MAX(T, m->infer_cap);
+    n_rows = RB_MAX(n_rows, m->infer_cap_rows);
+    model_infer_release(m);
+    const kernel_ops *ops = m->ops;
+    int64_t C = m->cfg.hidden_size;
+    model_acts_alloc(m, &m->infer_acts, T);
+    for (int i = 0; i < 2; i++)
+        m->infer_x[i] = ops->alloc(sizeof(float) * (size_t)(T * C));
+    m->infer_tokens = ops->alloc(sizeof(uint32_t) * (size_t)T);
+    m->infer_pos = ops->alloc(sizeof(int32_t) * (size_t)T);
+    m->infer_cu = ops->alloc(sizeof(int32_t) * 4 * (size_t)n_rows);
+    m->infer_last = ops->alloc(sizeof(int32_t) * (size_t)n_rows);
+    m->infer_h = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
+    m->infer_hn = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
+    m->infer_rstd = ops->alloc(sizeof(float) * (size_t)n_rows);
+    m->infer_logits = ops->alloc(sizeof(float) * (size_t)n_rows * m->cfg.vocab_size);
+    m->infer_cap = T;
+    m->infer_cap_rows = n_rows;
+}
+
+/* ---- one step over several rows ---- */
+
+/* Row r appends counts[r] tokens (taken in order from tokens) to caches[r]; logits [n_rows, V]
+ * of each row's last token (host), or NULL. */
+static int infer_step(model *m, model_kv_cache **caches, const int *counts, int n_rows,
+                      const uint32_t *tokens, float *logits)
+{
+    const model_config *c = &m->cfg;
+    const kernel_ops *ops = m->ops;
+    int T = 0, C = c->hidden_size, V = c->vocab_size;
+
+    /* 1. check room and ids, build positions, per-row segment bounds and last rows */
+    for (int r = 0; r < n_rows; r++) {
+        if (caches[r]->m != m)
+            return err_set(RB_EXIT_RUNTIME, "KV cache of another model");
+        if (counts[r] <= 0 || caches[r]->len + counts[r] > caches[r]->cap)
+            return err_set(RB_EXIT_INPUT, "KV cache row %d: %d + %d tokens exceed capacity %d",
+                           r, caches[r]->len, counts[r], caches[r]->cap);
+        T += counts[r];
+    }
+    for (int t = 0; t < T; t++)
+        if (tokens[t] >= (uint32_t)V)
+            return err_set(RB_EXIT_INPUT, "token %u is outside the vocabulary (%d)", tokens[t],
+                           V);
+    int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
+    int32_t *cu = xmalloc(sizeof(int32_t) * 4 * (size_t)n_rows);
+    int32_t *last = xmalloc(sizeof(int32_t) * (size_t)n_rows);
+    for (int r = 0, t = 0; r < n_rows; r++) {
+        int len = caches[r]->len, cnt = counts[r];
+        for (int i = 0; i < cnt; i++)
+            pos[t + i] = len + i;
+        cu[4 * r] = 0;
+        cu[4 * r + 1] = cnt;
+        cu[4 * r + 2] = 0;
+        cu[4 * r + 3] = len + cnt;
+        t += cnt;
+        last[r] = t - 1;
+    }
+    infer_reserve(m, T, n_rows);
+    ops->upload(m->infer_tokens, tokens, sizeof(uint32_t) * (size_t)T);
+    ops->upload(m->infer_pos, pos, sizeof(int32_t) * (size_t)T);
+    ops->upload(m->infer_cu, cu, sizeof(int32_t) * 4 * (size_t)n_rows);
+    ops->upload(m->infer_last, last, sizeof(int32_t) * (size_t)n_rows);
+    free(pos);
+    free(cu);
+    free(last);
+
+    /* 2. the layers, appending keys and values to each row's cache */
+    layer_io io = {.T = T, .positions = m->infer_pos, .caches = caches, .row_counts = counts,
+                   .n_rows = n_rows, .row_cu = m->infer_cu};
+    ops->embedding(m->infer_x[0], m->embed, m->infer_tokens, T, C);
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        layer_forward(m, l, m->infer_x[l % 2], m->infer_x[(l + 1) % 2], &m->infer_acts, &io);
+    for (int r = 0; r < n_rows; r++)
+        caches[r]->len += counts[r];
+
+    /* 3. final norm and LM head at each row's last token */
+    if (logits) {
+        ops->gather_rows(m->infer_h, m->infer_x[c->num_hidden_layers % 2], m->infer_last, n_rows,
+                         C);
+        ops->rmsnorm_fwd(m->infer_hn, m->infer_rstd, m->infer_h, m->final_norm, n_rows, C,
+                         (float)c->rms_norm_eps);
+        ops->gemm(0, 1, n_rows, V, C, 1.0f, m->infer_hn, C, m->lm_head, C, 0.0f,
+                  m->infer_logits, V);
+        ops->download(logits, m->infer_logits, sizeof(float) * (size_t)n_rows * V);
+    }
+    return 0;
+}
+
+int model_prefill(model *m, model_kv_cache *c, const uint32_t *tokens, int n, float *logits)
+{
+    return infer_step(m, &c, &n, 1, tokens, logits);
+}
+
+int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens, int n_rows,
+                       float *logits)
+{
+    int *counts = xmalloc(sizeof(int) * (size_t)RB_MAX(n_rows, 1));
+    for (int r = 0; r < n_rows; r++)
+        counts[r] = 1;
+    int rc = infer_step(m, caches, counts, n_rows, tokens, logits);
+    free(counts);
+    return rc;
+}
