@@ -15,7 +15,8 @@ the faster of the two is the reference for the ratio. Model loading is outside e
 The cost line turns rows/s into cost per million rows at --gpu-hour-cost per worker-hour.
 
 usage (from the source root, after building build-score):
-  python3 bench/bench_score.py [--build build-score] [--threads 2] [--rows 16] [--batch 8]
+  python3 bench/bench_score.py [--build build-score] [--threads 1] [--rows 16] [--batch 8]
+                               [--repeat 2] [--gpu-hour-cost 1.0]
 """
 import argparse
 import json
@@ -63,6 +64,14 @@ def make_rows(path, n, input_chars):
     return rows
 
 
+def avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
 def run_rubric(build, model, rows_path, out, threads, batch, prefix_cache):
     cfg = out + ".yml"
     with open(cfg, "w") as f:
@@ -72,6 +81,8 @@ def run_rubric(build, model, rows_path, out, threads, batch, prefix_cache):
     if not prefix_cache:
         cmd.append("--no-prefix-cache")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    if avx512() and "OPENBLAS_CORETYPE" not in env:
+        env["OPENBLAS_CORETYPE"] = "SkylakeX"  # as rubric's own warning recommends
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit("rubric score failed:\n" + p.stderr[-3000:])
@@ -123,11 +134,12 @@ def run_hf(model, rows_path, threads, batch):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default="build-score")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--input-chars", type=int, default=600)
     ap.add_argument("--gpu-hour-cost", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
     a = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rubric-bench-score-") as tmp:
@@ -138,17 +150,24 @@ def main():
         with open(os.path.join(model, "tokenizer_config.json")) as f:
             assert "chat_template" in json.load(f)
 
-        cached, preds_c = run_rubric(a.build, model, rows_path, os.path.join(tmp, "c.jsonl"),
-                                     a.threads, a.batch, True)
-        whole, preds_w = run_rubric(a.build, model, rows_path, os.path.join(tmp, "w.jsonl"),
+        # best of --repeat, the sides interleaved: the machine may be shared and noisy
+        cached = whole = 0.0
+        hf = {1: 0.0, a.batch: 0.0}
+        for _ in range(a.repeat):
+            r, preds_c = run_rubric(a.build, model, rows_path, os.path.join(tmp, "c.jsonl"),
+                                    a.threads, a.batch, True)
+            cached = max(cached, r)
+            r, preds_w = run_rubric(a.build, model, rows_path, os.path.join(tmp, "w.jsonl"),
                                     a.threads, a.batch, False)
-        hf = run_hf(model, rows_path, a.threads, a.batch)
+            whole = max(whole, r)
+            for bs, r in run_hf(model, rows_path, a.threads, a.batch).items():
+                hf[bs] = max(hf[bs], r)
 
     same = [p["scores"] for p in preds_c] == [p["scores"] for p in preds_w]
     ref_bs = max(hf, key=hf.get)
     print("scoring %d ELLIPSE-shaped rows (~400-token rubric, essays cut to %d chars), K=%d, "
-          "%d threads, random Qwen3 h256 x4 layers, vocab 151936" %
-          (a.rows, a.input_chars, K, a.threads))
+          "%d threads, random Qwen3 h256 x4 layers, vocab 151936, best of %d" %
+          (a.rows, a.input_chars, K, a.threads, a.repeat))
     print("  %-42s %9s %9s" % ("", "rows/s", "ratio"))
     print("  %-42s %9.2f %9s" % ("transformers generate, 1 row per call", hf[1], ""))
     print("  %-42s %9.2f %9s" % ("transformers generate, %d rows per call" % a.batch,
@@ -160,6 +179,8 @@ def main():
     print("  prefix cache on/off: %.2fx; scores identical with and without: %s" %
           (cached / whole, "yes" if same else "NO"))
     print("  (ratios against transformers' faster setting, %d row(s) per call; goal 3x)" % ref_bs)
+    if avx512() and "OPENBLAS_CORETYPE" not in os.environ:
+        print("  (rubric ran with OPENBLAS_CORETYPE=SkylakeX, as its startup warning advises)")
     print("cost: %.2f rows/s per worker -> %.4f per million rows at gpu_hour_cost %.2f" %
           (cached, a.gpu_hour_cost / 3600.0 / cached * 1e6, a.gpu_hour_cost))
 

@@ -90,9 +90,11 @@ def main():
 
     print(f"{'pathological':18} {'rubric s':>9} {'HF s':>9} {'ratio':>7} ids")
     for name, text in pathological().items():
-        t0 = time.perf_counter()
-        ids = tok.encode(text, add_special_tokens=False).ids
-        dt = time.perf_counter() - t0
+        dt = float("inf")
+        for _ in range(5):  # best of 5 calls, as the C side
+            t0 = time.perf_counter()
+            ids = tok.encode(text, add_special_tokens=False).ids
+            dt = min(dt, time.perf_counter() - t0)
         r = patho[name]
         ok = xxhash.xxh64(ids_bytes(ids), seed=0).hexdigest() == r["digest"]
         print(f"{name:18} {r['seconds']:9.4f} {dt:9.4f} {dt / max(r['seconds'], 1e-9):6.1f}x "

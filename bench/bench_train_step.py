@@ -18,7 +18,6 @@ usage (from the source root, after building build-model):
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -91,8 +90,11 @@ def torch_step(folder, batch_path, threads, steps, r):
         loss.backward()
         opt.step()
         times.append((time.perf_counter() - t0) * 1e3)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # VmHWM: this process image's own peak (ru_maxrss would inherit the parent's)
+    peak = [float(line.split()[1]) / 1024.0 for line in open("/proc/self/status")
+            if line.startswith("VmHWM:")][0]
     print(json.dumps(dict(ms_per_step=sorted(times[1:])[len(times[1:]) // 2],
+                          ms_best=min(times[1:]),
                           loss=loss.item(), peak_rss_mb=peak)))
 
 
@@ -118,7 +120,10 @@ def main():
     if "OPENBLAS_CORETYPE" not in env:
         env["OPENBLAS_CORETYPE"] = ("SkylakeX" if " avx512f" in flags else
                                     "Haswell" if " avx2" in flags else "")
-    print(f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}")
+    # idle OpenMP threads must sleep, not spin, or they steal the cores OpenBLAS's own
+    # (pthread) pool computes on; torch gets the same setting
+    env.setdefault("OMP_WAIT_POLICY", "passive")
+    print(f"OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "model")
         make_model(folder)
@@ -139,14 +144,16 @@ def main():
                 .splitlines()[-1])
             print(f"\n[{pattern}] {len(batch['cu_seqlens']) - 1} samples, {n_sup} supervised "
                   f"tokens")
-            print(f"  rubric        {ours['ms_per_step']:9.1f} ms/step  loss "
+            print(f"  rubric        {ours['ms_per_step']:9.1f} ms/step (best "
+                  f"{ours['ms_best']:.1f})  loss "
                   f"{ours['loss']:.5f}  peak RSS {ours['peak_rss_mb']:7.1f} MB "
                   f"(model {ours['model_mb']:.1f} MB)")
-            print(f"  torch+PEFT    {ref['ms_per_step']:9.1f} ms/step  loss {ref['loss']:.5f}"
+            print(f"  torch+PEFT    {ref['ms_per_step']:9.1f} ms/step (best "
+                  f"{ref['ms_best']:.1f})  loss {ref['loss']:.5f}"
                   f"  peak RSS {ref['peak_rss_mb']:7.1f} MB")
-            print(f"  speed-up      {ref['ms_per_step'] / ours['ms_per_step']:9.2f}x "
-                  f"(goal 1.5x)")
-            print(f"  rubric GFLOP/s {ours['achieved_gflops']:8.1f} of sgemm "
+            print(f"  speed-up      {ref['ms_per_step'] / ours['ms_per_step']:9.2f}x median, "
+                  f"{ref['ms_best'] / ours['ms_best']:.2f}x best (goal 1.5x)")
+            print(f"  rubric GFLOP/s {ours['achieved_gflops']:8.1f} (median step) of sgemm "
                   f"{ours['sgemm_gflops']:.1f} = "
                   f"{100 * ours['achieved_gflops'] / ours['sgemm_gflops']:.0f}% (goal 50%), "
                   f"{ours['gflop_per_step']:.1f} GFLOP/step")

@@ -5,7 +5,8 @@
  *   1. split the raw text on added tokens (leftmost, then longest match; not normalized ones),
  *   2. NFC-normalize each remaining span (utf8proc), split it again on normalized added tokens,
  *   3. pre-tokenize each span with the Split regexes (PCRE2, UTF + UCP, JIT when available),
- *   4. BPE-merge the bytes of each piece by merge rank (a min-heap over a linked list).
+ *   4. BPE-merge the bytes of each piece by merge rank (a linked list of symbols and a min
+ *      segment tree over the candidate pairs: O(n log n) in the piece length).
  * The byte-level alphabet (GPT-2's bytes_to_unicode) is applied at load time: vocabulary
  * entries are stored as raw bytes, so encoding works on bytes and never builds byte-level text.
  *
@@ -413,7 +414,9 @@ static int merge_parts(tok_loader *ld, json_t *m, size_t i, char **a, char **b)
         const char *sp = strchr(s, ' ');
         if (!sp || strchr(sp + 1, ' '))
             goto bad;
-        *a = strndup(s, (size_t)(sp - s));
+        *a = xmalloc((size_t)(sp - s) + 1);
+        memcpy(*a, s, (size_t)(sp - s));
+        (*a)[sp - s] = '\0';
         *b = xstrdup(sp + 1);
         return 0;
     }
@@ -447,7 +450,10 @@ static int load_merges(tokenizer *tk, tok_loader *ld, json_t *model)
         int rc = merge_parts(ld, m, i, &a, &b);
         if (rc)
             return rc;
-        char *ab = xasprintf("%s%s", a, b);
+        size_t la = strlen(a), lb = strlen(b);
+        char *ab = xmalloc(la + lb + 1);
+        memcpy(ab, a, la);
+        memcpy(ab + la, b, lb + 1);
         int64_t ia = json_id(json_object_get(vocab, a));
         int64_t ib = json_id(json_object_get(vocab, b));
         int64_t iab = json_id(json_object_get(vocab, ab));
@@ -770,8 +776,8 @@ typedef struct {
     /* BPE scratch */
     uint32_t *sym_id;
     int32_t *sym_prev, *sym_next;
-    uint64_t *heap;
-    size_t sym_cap, heap_cap;
+    uint64_t *tree;
+    size_t sym_cap, tree_cap;
     uint8_t *prefix_buf; /* add_prefix_space copies */
     size_t prefix_cap;
 } tok_thread;
@@ -790,7 +796,7 @@ static void tls_free(void *p)
     free(ts->sym_id);
     free(ts->sym_prev);
     free(ts->sym_next);
-    free(ts->heap);
+    free(ts->tree);
     free(ts->prefix_buf);
     free(ts);
 }
@@ -866,56 +872,30 @@ static void bpe_reserve(tok_thread *ts, size_t n)
     ts->sym_next = xrealloc(ts->sym_next, ts->sym_cap * sizeof *ts->sym_next);
 }
 
-/* Min-heap of (rank << 32 | position): the lowest rank first, then the leftmost. */
-static void heap_push(tok_thread *ts, size_t *n, uint64_t v)
+/*
+ * The candidate merges of a piece live in a min segment tree over symbol positions: leaf i holds
+ * (rank << 32 | i) of the pair starting at symbol i, or TOK_NO_PAIR. The root is the pair to
+ * merge next: the lowest rank, the leftmost among equals (HF's order). A merge updates three
+ * leaves, O(log n) each, and no stale entries pile up as they do in a heap.
+ */
+#define TOK_NO_PAIR UINT64_MAX
+
+static inline void tree_set(uint64_t *tree, size_t m, size_t i, uint64_t v)
 {
-    if (*n == ts->heap_cap) {
-        ts->heap_cap = ts->heap_cap ? 2 * ts->heap_cap : 256;
-        ts->heap = xrealloc(ts->heap, ts->heap_cap * sizeof *ts->heap);
-    }
-    uint64_t *h = ts->heap;
-    size_t i = (*n)++;
-    while (i > 0 && h[(i - 1) / 2] > v) {
-        h[i] = h[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h[i] = v;
+    i += m;
+    tree[i] = v;
+    for (i >>= 1; i >= 1; i >>= 1)
+        tree[i] = RB_MIN(tree[2 * i], tree[2 * i + 1]);
 }
 
-/* Move h[i] down to its place in a heap of n entries. */
-static void heap_sift_down(uint64_t *h, size_t n, size_t i)
+/* Key of the pair starting at symbol pos, or TOK_NO_PAIR. */
+static inline uint64_t pair_entry(const tokenizer *tk, const tok_thread *ts, int32_t pos)
 {
-    uint64_t v = h[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && h[c + 1] < h[c])
-            c++;
-        if (h[c] >= v)
-            break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = v;
-}
-
-static uint64_t heap_pop(tok_thread *ts, size_t *n)
-{
-    uint64_t top = ts->heap[0];
-    ts->heap[0] = ts->heap[--(*n)];
-    heap_sift_down(ts->heap, *n, 0);
-    return top;
-}
-
-static void bpe_push_pair(const tokenizer *tk, tok_thread *ts, size_t *nheap, int32_t pos)
-{
-    if (pos < 0 || ts->sym_next[pos] < 0)
-        return;
     int32_t next = ts->sym_next[pos];
+    if (next < 0)
+        return TOK_NO_PAIR;
     const tok_merge_slot *m = merge_find(tk, ts->sym_id[pos], ts->sym_id[next]);
-    if (m)
-        heap_push(ts, nheap, (uint64_t)m->rank << 32 | (uint32_t)pos);
+    return m ? (uint64_t)m->rank << 32 | (uint32_t)pos : TOK_NO_PAIR;
 }
 
 /* Merge the bytes of one piece by rank; appends the ids to out. O(n log n) in the length. */
@@ -929,38 +909,32 @@ static void bpe_word(const tokenizer *tk, tok_thread *ts, const uint8_t *w, size
         ts->sym_next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
     }
 
-    /* every adjacent pair with a merge goes on the heap (built in O(n)) */
-    if (n > ts->heap_cap) {
-        ts->heap_cap = 2 * n;
-        ts->heap = xrealloc(ts->heap, ts->heap_cap * sizeof *ts->heap);
+    /* the tree of every adjacent pair with a merge, built bottom-up in O(n) */
+    size_t m = 1;
+    while (m < n)
+        m <<= 1;
+    if (2 * m > ts->tree_cap) {
+        ts->tree_cap = 2 * m;
+        ts->tree = xrealloc(ts->tree, ts->tree_cap * sizeof *ts->tree);
     }
-    size_t nheap = 0;
-    for (size_t i = 0; i + 1 < n; i++) {
-        const tok_merge_slot *m = merge_find(tk, ts->sym_id[i], ts->sym_id[i + 1]);
-        if (m)
-            ts->heap[nheap++] = (uint64_t)m->rank << 32 | (uint32_t)i;
-    }
-    for (size_t k = nheap / 2; k-- > 0;)
-        heap_sift_down(ts->heap, nheap, k);
+    uint64_t *tree = ts->tree;
+    for (size_t i = 0; i < m; i++)
+        tree[m + i] = i < n ? pair_entry(tk, ts, (int32_t)i) : TOK_NO_PAIR;
+    for (size_t i = m - 1; i >= 1; i--)
+        tree[i] = RB_MIN(tree[2 * i], tree[2 * i + 1]);
 
-    /* apply the best merge until none is left; stale entries are skipped */
-    while (nheap) {
-        uint64_t top = heap_pop(ts, &nheap);
-        uint32_t rank = (uint32_t)(top >> 32);
-        int32_t pos = (int32_t)(uint32_t)top;
+    /* merge the best pair until none is left */
+    while (tree[1] != TOK_NO_PAIR) {
+        int32_t pos = (int32_t)(uint32_t)tree[1];
         int32_t next = ts->sym_next[pos];
-        if (ts->sym_id[pos] == UINT32_MAX || next < 0)
-            continue;
-        const tok_merge_slot *m = merge_find(tk, ts->sym_id[pos], ts->sym_id[next]);
-        if (!m || m->rank != rank)
-            continue;
-        ts->sym_id[pos] = m->merged;
-        ts->sym_id[next] = UINT32_MAX;
+        ts->sym_id[pos] = merge_find(tk, ts->sym_id[pos], ts->sym_id[next])->merged;
         ts->sym_next[pos] = ts->sym_next[next];
         if (ts->sym_next[pos] >= 0)
             ts->sym_prev[ts->sym_next[pos]] = pos;
-        bpe_push_pair(tk, ts, &nheap, ts->sym_prev[pos]);
-        bpe_push_pair(tk, ts, &nheap, pos);
+        tree_set(tree, m, (size_t)next, TOK_NO_PAIR);
+        tree_set(tree, m, (size_t)pos, pair_entry(tk, ts, pos));
+        if (ts->sym_prev[pos] >= 0)
+            tree_set(tree, m, (size_t)ts->sym_prev[pos], pair_entry(tk, ts, ts->sym_prev[pos]));
     }
     for (int32_t i = 0; i >= 0; i = ts->sym_next[i])
         token_vec_push(out, ts->sym_id[i]);

@@ -129,17 +129,32 @@ static int resolve_options(score_cli *sc, rubric_config *cfg)
 {
     score_options *o = &sc->o;
     score_options cl = *o;
-    int rc = score_options_from_config(o, cfg);
+    int rc = 0;
+    if (!o->model_dir && !o->fake_model && cfg->base_model && !cfg->base_model_dir)
+        rc = config_resolve_model(cfg); /* a hub id: its folder in the Hugging Face cache */
+    if (!rc)
+        rc = score_options_from_config(o, cfg);
     if (!rc && o->adapter && !o->fake_model) {
         rubric_config ac;
         rc = scorer_adapter_config(o->adapter, &ac);
         if (!rc && !cfg->config_path) {
             /* no --config: the checkpoint's training config decides format and range */
+            const char *model_dir = o->model_dir;
+            o->model_dir = NULL;
             rc = score_options_from_config(o, &ac);
-            o->model_dir = cl.model_dir ? cl.model_dir : o->model_dir;
+            /* ac is freed below: keep copies of what points into it (they live until exit);
+             * the base model is resolved below (it may be a hub id) */
+            o->model_dir = cl.model_dir ? cl.model_dir : model_dir;
+            if (o->tokenizer_dir && o->tokenizer_dir == ac.tokenizer_dir)
+                o->tokenizer_dir = xstrdup(ac.tokenizer_dir);
+            if (o->eos_token && o->eos_token == ac.eos_token)
+                o->eos_token = xstrdup(ac.eos_token);
         }
-        if (!rc && !o->model_dir && ac.base_model)
-            o->model_dir = xstrdup(ac.base_model); /* lives until exit */
+        if (!rc && !o->model_dir && ac.base_model) {
+            rc = ac.base_model_dir ? 0 : config_resolve_model(&ac);
+            if (!rc)
+                o->model_dir = xstrdup(ac.base_model_dir); /* lives until exit */
+        }
         config_free(&ac);
     }
     if (rc)

@@ -810,12 +810,13 @@ static int64_t fit_tree_take(fit_tree *t, int32_t need)
     return bin;
 }
 
-static const int32_t *sort_len_ds;
-static int cmp_len_desc(const void *a, const void *b)
+/* qsort_r comparator: sample indices by length (ctx), longest first, then by index. */
+static int cmp_len_desc(const void *a, const void *b, void *ctx)
 {
+    const int32_t *len = ctx;
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    if (sort_len_ds[x] != sort_len_ds[y])
-        return sort_len_ds[x] > sort_len_ds[y] ? -1 : 1;
+    if (len[x] != len[y])
+        return len[x] > len[y] ? -1 : 1;
     return (x > y) - (x < y);
 }
 
@@ -837,8 +838,7 @@ static void pack_split(prep_dataset *ds, int split, int64_t *n_bins, int64_t *ca
     int64_t *bin_of = xmalloc((size_t)n * sizeof *bin_of);
     int64_t used = 0;
     if (ds->sample_packing) {
-        sort_len_ds = ds->len;
-        qsort(idx, (size_t)n, sizeof *idx, cmp_len_desc);
+        qsort_r(idx, (size_t)n, sizeof *idx, cmp_len_desc, ds->len);
         fit_tree t;
         fit_tree_init(&t, n, ds->sequence_len);
         for (int64_t j = 0; j < n; j++) {
@@ -1368,11 +1368,12 @@ static void schedule_order(prep_schedule *s, int epoch)
     s->cached_epoch = epoch;
 }
 
-static const int64_t *sort_tokens;
-static int cmp_bins_by_tokens(const void *a, const void *b)
+/* qsort_r comparator: bin ids by token count (ctx), largest first; empty bins (-1) last. */
+static int cmp_bins_by_tokens(const void *a, const void *b, void *ctx)
 {
+    const int64_t *tokens = ctx;
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    int64_t tx = x < 0 ? -1 : sort_tokens[x], ty = y < 0 ? -1 : sort_tokens[y];
+    int64_t tx = x < 0 ? -1 : tokens[x], ty = y < 0 ? -1 : tokens[y];
     if (tx != ty)
         return tx > ty ? -1 : 1;
     return (x > y) - (x < y);
@@ -1412,8 +1413,7 @@ int prep_schedule_step(prep_schedule *s, int epoch, int64_t step, int worker, in
     int64_t *items = xmalloc((size_t)per * sizeof *items);
     for (int64_t i = 0; i < per; i++)
         items[i] = first + i < s->ds->n_train_bins ? s->order[first + i] : -1;
-    sort_tokens = s->ds->bin_tokens;
-    qsort(items, (size_t)per, sizeof *items, cmp_bins_by_tokens);
+    qsort_r(items, (size_t)per, sizeof *items, cmp_bins_by_tokens, s->ds->bin_tokens);
 
     /* 1. to workers */
     int per_worker = s->grad_accum * s->micro_batch_size;

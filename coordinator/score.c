@@ -432,8 +432,9 @@ typedef struct {
 static char *journal_header(const score_options *o, int k)
 {
     struct stat sb;
-    int64_t size = stat(o->input, &sb) == 0 ? (int64_t)sb.st_size : -1;
-    int64_t mtime = stat(o->input, &sb) == 0 ? (int64_t)sb.st_mtime : -1;
+    int have = stat(o->input, &sb) == 0;
+    int64_t size = have ? (int64_t)sb.st_size : -1;
+    int64_t mtime = have ? (int64_t)sb.st_mtime : -1;
     json_t *h = json_pack("{s:s, s:i, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:s?, s:s?, s:b, s:i}",
                           "journal", "rubric-score", "version", 1, "input", o->input,
                           "input_size", (json_int_t)size, "input_mtime", (json_int_t)mtime,
@@ -796,11 +797,11 @@ static void stop_workers(int world)
 /* Setup and the metrics pass.                                                               */
 /* ======================================================================================== */
 
-/* K from the first row with an "output" (within K_SCAN_ROWS rows). */
-static int infer_k(const score_options *o, int *k)
+/* K from the first row of path with an "output" (within K_SCAN_ROWS rows). */
+static int infer_k_from(const char *path, int *k)
 {
     jsonl_reader r;
-    int rc = jsonl_open(&r, o->input);
+    int rc = jsonl_open(&r, path);
     if (rc)
         return rc;
     *k = 0;
@@ -822,12 +823,21 @@ static int infer_k(const score_options *o, int *k)
     jsonl_close(&r);
     if (*k == 0)
         return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: none of "
-                       "the first %d rows has an \"output\"; give --num-scores K", o->input,
+                       "the first %d rows has an \"output\"; give --num-scores K", path,
                        K_SCAN_ROWS);
     if (*k > GRAMMAR_MAX_K)
         return err_set(RB_EXIT_INPUT, "%s: line %lld: \"output\" has %d scores; at most %d "
-                       "are supported", o->input, (long long)r.lineno, *k, GRAMMAR_MAX_K);
+                       "are supported", path, (long long)r.lineno, *k, GRAMMAR_MAX_K);
     return 0;
+}
+
+/* K from the input, else (an unlabelled input) from the baseline's reference set. */
+static int infer_k(const score_options *o, int *k)
+{
+    int rc = infer_k_from(o->input, k);
+    if (rc && o->baseline_from && infer_k_from(o->baseline_from, k) == 0)
+        return 0;
+    return rc;
 }
 
 /* Checks of rank 0 before anything is written. */

@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "model_config.h"
 #include "prep.h"
 #include "protocol.h"
+#include "score.h"
 #include "tokenizer.h"
 #include "util.h"
 #include "worker.h"
@@ -35,6 +37,7 @@ typedef struct {
     double last_loss, last_lr;
     int64_t last_eval_step;
     protocol_report *reports; /* [n_workers] */
+    int finished;             /* rank 0: every step done (not stopped by a signal) */
 } trainer;
 
 static volatile sig_atomic_t train_signal;
@@ -165,6 +168,30 @@ static const char *sched_name(enum lr_sched_kind k)
     return k == SCHED_LINEAR ? "linear" : k == SCHED_CONSTANT ? "constant" : "cosine";
 }
 
+/*
+ * How long rank 0 waits for the workers' reports. A dead worker ends the job through the
+ * launcher within seconds; this deadline catches a hung one. Before the first step is measured
+ * the wait is at least TRAIN_FIRST_STEP_TIMEOUT_S (a real model's first step on CPUs can take
+ * minutes); then the base plus 5x the slowest step, scaled for an evaluation by its
+ * micro-batches per worker over the step's.
+ */
+#define TRAIN_FIRST_STEP_TIMEOUT_S 1800.0
+
+static double report_timeout(const trainer *t, int kind)
+{
+    double base = t->opt->step_timeout_s;
+    if (t->max_step_s <= 0)
+        return RB_MAX(base, TRAIN_FIRST_STEP_TIMEOUT_S);
+    double factor = 1;
+    if (kind == PROTO_EVAL) {
+        int64_t mbs = t->cfg->micro_batch_size, n = t->w->n_workers;
+        int64_t val_mb = (t->ds->n_bins - t->ds->n_train_bins + mbs - 1) / mbs;
+        factor = RB_MAX(1.0, (double)((val_mb + n - 1) / n) /
+                                 (double)t->cfg->gradient_accumulation_steps);
+    }
+    return base + 5.0 * t->max_step_s * factor;
+}
+
 /* ------------------------------------------------------------------ checkpoints */
 
 /* This rank's slice: its worker's (save: partition; load: its state's range), or nothing. */
@@ -198,8 +225,12 @@ static int save_checkpoint(trainer *t, int64_t done)
     ckpt_slice s;
     my_slice(t, 0, &s);
     char *path = NULL;
+    /* a worker that hangs in the collective write must not hang the job */
+    unsigned limit = (unsigned)report_timeout(t, PROTO_STEP) + 600;
+    world_watchdog_arm(t->w, limit, "a checkpoint write");
     int rc = ckpt_save(t->w->world, cfg->output_dir, &m, t->table, t->n_table, &s, 1,
                        cfg->save_total_limit, &path);
+    world_watchdog_disarm();
     free(yaml);
     if (rc)
         return err_prefix(rc, "saving the checkpoint of step %" PRId64, done);
@@ -213,6 +244,11 @@ static int resume_path(trainer *t, char **path)
 {
     *path = NULL;
     const char *want = t->opt->resume ? t->opt->resume : t->cfg->resume_from_checkpoint;
+    /* a requeued job continues from its own newest checkpoint when it has one */
+    if (t->opt->requeue && want && strcmp(want, "auto") != 0) {
+        if (ckpt_find_latest(t->cfg->output_dir, path) == 0)
+            return 0;
+    }
     if (!want && t->opt->requeue)
         want = "auto";
     if (!want)
@@ -281,9 +317,7 @@ static int run_command(trainer *t, const protocol_cmd *cmd)
     int rc = protocol_send_cmd(t->w, cmd);
     if (rc)
         return rc;
-    double timeout = t->opt->step_timeout_s + 5.0 * t->max_step_s;
-    if (cmd->kind == PROTO_EVAL)
-        timeout += 10.0 * t->max_step_s;
+    double timeout = report_timeout(t, cmd->kind);
     char what[64];
     snprintf(what, sizeof what, "%s %" PRId64, protocol_kind_name(cmd->kind), cmd->step);
     return protocol_gather_reports(t->w, t->reports, timeout, what);
@@ -461,7 +495,114 @@ static int coordinate(trainer *t, int64_t start)
     if (!rc) {
         stop_workers(t);
         log_info("train: done, %" PRId64 " steps, last loss %.4f", done, t->last_loss);
+        t->finished = 1;
     }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ scoring after training */
+
+/* The files to score after training: score_after_train, then each of test_datasets. */
+static int score_files(const rubric_config *cfg, const char **files)
+{
+    int n = 0;
+    if (cfg->score_after_train)
+        files[n++] = cfg->score_after_train;
+    for (int i = 0; i < cfg->n_test_datasets; i++)
+        files[n++] = cfg->test_datasets[i].path;
+    return n;
+}
+
+/* Rank 0, before training: every file to score exists (a typo fails now, not after hours). */
+static int check_score_files(const rubric_config *cfg)
+{
+    const char **files = xcalloc((size_t)cfg->n_test_datasets + 1, sizeof *files);
+    int n = score_files(cfg, files), rc = 0;
+    for (int i = 0; i < n && !rc; i++)
+        if (!files[i] || !path_exists(files[i]))
+            rc = err_set(RB_EXIT_INPUT, "%s: %s: no such file (check score_after_train / "
+                         "test_datasets)", cfg->config_path ? cfg->config_path : "config",
+                         files[i] ? files[i] : "(no path)");
+    free(files);
+    return rc;
+}
+
+/* "data/test.jsonl" -> "test" (the basename without .jsonl or .json). */
+static char *file_stem(const char *path)
+{
+    char *copy = xstrdup(path);
+    char *stem = xstrdup(basename(copy));
+    free(copy);
+    size_t n = strlen(stem);
+    if (n > 6 && strcmp(stem + n - 6, ".jsonl") == 0)
+        stem[n - 6] = '\0';
+    else if (n > 5 && strcmp(stem + n - 5, ".json") == 0)
+        stem[n - 5] = '\0';
+    return stem;
+}
+
+/* <output_dir>/predictions-<stem>.jsonl; a stem used by an earlier file gets -2, -3, ... */
+static char *predictions_path(const rubric_config *cfg, const char **files, int i)
+{
+    char *stem = file_stem(files[i]);
+    int same = 0;
+    for (int j = 0; j < i; j++) {
+        char *other = file_stem(files[j]);
+        same += strcmp(other, stem) == 0;
+        free(other);
+    }
+    char *path = same ? xasprintf("%s/predictions-%s-%d.jsonl", cfg->output_dir, stem, same + 1)
+                      : xasprintf("%s/predictions-%s.jsonl", cfg->output_dir, stem);
+    free(stem);
+    return path;
+}
+
+/* Every rank: score one file with the trained model, which the workers lend to the scorer
+ * (no reload); the majority baseline comes from the first training dataset. */
+static int score_one(trainer *t, const char *input, const char *output)
+{
+    score_options o;
+    score_options_defaults(&o);
+    int rc = score_options_from_config(&o, t->cfg);
+    if (rc)
+        return rc;
+    if (t->opt->tokenizer_dir)
+        o.tokenizer_dir = t->opt->tokenizer_dir;
+    o.input = input;
+    o.output = output;
+    o.baseline_from = t->cfg->n_datasets > 0 ? t->cfg->datasets[0].path : NULL;
+    o.model = t->w->is_worker ? t->wk.m : NULL;
+    return score_run(&o);
+}
+
+/*
+ * Every rank, after the final checkpoint: score score_after_train and test_datasets on the same
+ * ranks. Skipped when training stopped early (a signal). A failure is a runtime error (exit 1):
+ * the checkpoint is already safe.
+ */
+static int score_after_training(trainer *t)
+{
+    const char **files = xcalloc((size_t)t->cfg->n_test_datasets + 1, sizeof *files);
+    int n = score_files(t->cfg, files), rc = 0;
+    int finished = t->finished;
+    MPI_Bcast(&finished, 1, MPI_INT, 0, t->w->world);
+    for (int i = 0; i < n && finished && !rc; i++) {
+        char *out = predictions_path(t->cfg, files, i);
+        char *metrics = score_default_metrics_path(out);
+        double t0 = now_seconds();
+        rc = agree(t->w, score_one(t, files[i], out), "scoring after training");
+        if (rc)
+            rc = err_prefix(RB_EXIT_RUNTIME, "score_after_train: %s (the final checkpoint in %s "
+                            "is saved; score it with `rubric score --adapter`)", files[i],
+                            t->cfg->output_dir);
+        else if (t->w->rank == 0)
+            log_info("score_after_train: %s -> %s%s%s (%.1f s)", files[i], out,
+                     path_exists(metrics) ? ", " : " (no labels: no metrics)",
+                     path_exists(metrics) ? metrics : "", now_seconds() - t0);
+        free(metrics);
+        free(out);
+    }
+    free(files);
     return rc;
 }
 
@@ -488,9 +629,12 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
 
     train_install_signals(w->is_coordinator);
 
-    /* 1. rank 0 prepares the dataset; everyone learns where it is */
+    /* 1. rank 0 checks the files to score after training and prepares the dataset; everyone
+     *    learns where it is */
     char *path = NULL;
-    int rc = w->rank == 0 ? prepare_dataset(&t, &path) : 0;
+    int rc = w->rank == 0 ? check_score_files(cfg) : 0;
+    if (!rc && w->rank == 0)
+        rc = prepare_dataset(&t, &path);
     rc = agree(w, rc, "preparing the dataset");
     if (!rc)
         bcast_string(w, &path);
@@ -517,6 +661,10 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
         if (rc)
             rb_die_err(rc);
     }
+
+    /* 6. score the test files on the same ranks, with the trained model still in memory */
+    if (!rc)
+        rc = score_after_training(&t);
     free(path);
     trainer_free(&t);
     return rc;

@@ -5,10 +5,6 @@
 #include "rubric_build.h"
 #include "util.h"
 
-#if RUBRIC_HAVE_CUDA
-/* kernels/cuda may not be written yet: a weak reference, NULL until it links in. */
-#pragma weak kernel_ops_cuda
-#endif
 
 const kernel_ops *kernel_ops_select(const char *name)
 {
@@ -16,7 +12,7 @@ const kernel_ops *kernel_ops_select(const char *name)
         return kernel_ops_cpu();
 #if RUBRIC_HAVE_CUDA
     if (strcmp(name, "cuda") == 0 || strcmp(name, "auto") == 0) {
-        const kernel_ops *ops = kernel_ops_cuda ? kernel_ops_cuda() : NULL;
+        const kernel_ops *ops = kernel_ops_cuda();
         if (ops)
             return ops;
         if (strcmp(name, "auto") == 0)

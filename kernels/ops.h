@@ -156,6 +156,10 @@ typedef struct kernel_ops {
      * p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). step counts from 1. */
     void (*adamw)(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1,
                   float b2, float eps, float wd, int64_t step);
+
+    /* 1 when backend buffers are plain host memory (the CPU backend): a caller may then read
+     * files straight into them instead of staging and uploading. 0 for device memory. */
+    int host_memory;
 } kernel_ops;
 
 /* The CPU backend (always available). */

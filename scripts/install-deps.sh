@@ -19,6 +19,23 @@ packages=(
     libpcre2-dev libutf8proc-dev libjansson-dev libxxhash-dev libyaml-dev
 )
 
+# --with-slurm: also a local Slurm (slurmctld, slurmd, munge) for the Slurm test in CI.
+# --with-python: also the Python packages some tests read results with (h5py, numpy, PyYAML),
+# through pip.
+with_slurm=0
+with_python=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-slurm) with_slurm=1 ;;
+        --with-python) with_python=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install-deps.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+if [ $with_slurm = 1 ]; then
+    packages+=(slurm-wlm munge)
+fi
+
 # pkg-config names meson looks for (and the commands), to check a non-apt system.
 pkgconfig_names=(ompi-c hdf5 yaml-0.1 criterion openblas jansson libpcre2-8 libutf8proc
                  libxxhash)
@@ -89,10 +106,23 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps.sh: all ${#packages[@]} packages are installed"
-    exit 0
+else
+    echo "install-deps.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "install-deps.sh: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-"${as_root[@]}" apt-get update -qq
-"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ $with_python = 1 ]; then
+    if python3 -c 'import h5py, numpy, yaml' 2>/dev/null; then
+        echo "install-deps.sh: h5py, numpy and PyYAML are installed"
+    elif python3 -m pip --version >/dev/null 2>&1; then
+        echo "install-deps.sh: pip install h5py numpy pyyaml"
+        python3 -m pip install -q h5py numpy pyyaml ||
+            python3 -m pip install -q --break-system-packages h5py numpy pyyaml
+    else
+        echo "install-deps.sh: no pip: apt-get install python3-h5py python3-numpy python3-yaml"
+        "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
+            python3-h5py python3-numpy python3-yaml
+    fi
+fi
 echo "install-deps.sh: done"

@@ -7,14 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adamw.h"
 #include "nf4.h"
 #include "ops.h"
 #include "util.h"
 
-#pragma weak nf4_quantize
-#pragma weak nf4_dequantize
-#pragma weak nf4_block_absmax
-#pragma weak nf4_free
 
 static const kernel_ops *K;
 
@@ -83,7 +80,8 @@ Test(kernels_cpu, gemm_all_transposes)
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             int lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 1, ldc = n + 3;
-            float *a = rand_buf((int64_t)(ta ? k : m) * lda, 1), *b = rand_buf((int64_t)(tb ? n : k) * ldb, 1);
+            float *a = rand_buf((int64_t)(ta ? k : m) * lda, 1);
+            float *b = rand_buf((int64_t)(tb ? n : k) * ldb, 1);
             float *c = rand_buf((int64_t)m * ldc, 1), *c0 = copy_buf(c, (int64_t)m * ldc);
             K->gemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c, ldc);
             for (int i = 0; i < m; i++)
@@ -358,7 +356,8 @@ static void check_lora(float p)
     float *x = rand_buf(T * in, 1), *a = rand_buf(rk * in, 1), *b = rand_buf(out * rk, 1);
     float *r = rand_buf(T * out, 1), *y = xcalloc((size_t)T * out, sizeof(float));
     float *u = xmalloc(sizeof(float) * T * rk), *tmp = xmalloc(sizeof(float) * T * rk);
-    float *dx = xcalloc((size_t)T * in, sizeof(float)), *da = xcalloc((size_t)rk * in, sizeof(float));
+    float *dx = xcalloc((size_t)T * in, sizeof(float));
+    float *da = xcalloc((size_t)rk * in, sizeof(float));
     float *db = xcalloc((size_t)out * rk, sizeof(float));
     K->lora_fwd(y, out, u, x, a, b, T, in, out, rk, scale, p, seed);
     K->lora_bwd(dx, da, db, r, out, u, x, a, b, T, in, out, rk, scale, p, seed, tmp);
@@ -470,8 +469,6 @@ Test(kernels_cpu, adamw_matches_torch_formula)
 
 Test(kernels_cpu, nf4_dequant_rows_matches_nf4_module)
 {
-    if (!nf4_quantize)
-        cr_skip_test("worker/nf4.c is not in this build");
     int64_t rows = 9, cols = 50, n = rows * cols; /* blocks straddle rows; last block partial */
     float *w = rand_buf(n, 3);
     nf4_tensor q;
@@ -496,4 +493,20 @@ Test(kernels_cpu, select_backend)
     cr_assert_not_null(kernel_ops_select("auto"));
     cr_assert_null(kernel_ops_select("tpu"));
     cr_assert(strstr(err_msg(), "tpu"));
+}
+
+/* The table's AdamW and worker/adamw.h's (what ZeRO runs) agree. */
+Test(kernels_cpu, adamw_matches_adamw_module)
+{
+    int64_t n = 1000;
+    float *p = rand_buf(n, 1), *g = rand_buf(n, 1), *m = xcalloc((size_t)n, sizeof(float));
+    float *v = xcalloc((size_t)n, sizeof(float)), *p2 = copy_buf(p, n);
+    float *m2 = xcalloc((size_t)n, sizeof(float)), *v2 = xcalloc((size_t)n, sizeof(float));
+    adamw_hparams h = {0.9, 0.999, 1e-8, 0.01};
+    for (int64_t step = 1; step <= 3; step++) {
+        K->adamw(p, g, m, v, n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        adamw_step(p2, g, m2, v2, n, step, 1e-2, &h);
+    }
+    cr_assert(max_rel_f(p, p2, n) < 1e-6, "adamw op vs adamw_step: %g", max_rel_f(p, p2, n));
+    free(p); free(g); free(m); free(v); free(p2); free(m2); free(v2);
 }

@@ -19,8 +19,6 @@
 #include "safetensors.h"
 #include "util.h"
 
-#pragma weak nf4_quantize
-#pragma weak adamw_step
 
 #define FIX "tests/fixtures/model/"
 
@@ -83,10 +81,13 @@ static void segment_batch(const packed_batch *b, int s, packed_batch *out)
     }
 }
 
+static double dropout_p = 0.0;
+
 static model *load_model(const char *name, enum adapter_kind adapter, int ckpt, int adapter_file)
 {
     model_options o;
     model_options_defaults(&o);
+    o.lora_dropout = dropout_p;
     o.adapter = adapter;
     o.lora_r = 4;
     o.lora_alpha = 8;
@@ -255,8 +256,9 @@ Test(model, packed_equals_separate)
     model_free(m);
 }
 
-Test(model, checkpointing_is_bitwise)
+static void check_checkpointing(double p)
 {
+    dropout_p = p;
     model *a = load_model("qwen3", ADAPTER_LORA, 0, 1);
     model *c = load_model("qwen3", ADAPTER_LORA, 1, 1);
     packed_batch b;
@@ -273,11 +275,39 @@ Test(model, checkpointing_is_bitwise)
     cr_assert(la == lc, "loss %.17g vs %.17g", la, lc);
     cr_assert(memcmp(ga, gc, sizeof(float) * (size_t)tv.n_padded) == 0,
               "gradients differ with gradient checkpointing");
+    if (p > 0) { /* the masks did act: the no-dropout (eval) loss differs */
+        double le;
+        int64_t ne;
+        cr_assert_eq(model_forward_loss(a, &b, &le, &ne), 0);
+        cr_assert(le != la, "dropout %g changed nothing", p);
+    }
     free(ga);
     free(gc);
     packed_batch_free(&b);
     model_free(a);
     model_free(c);
+    dropout_p = 0.0;
+}
+
+Test(model, checkpointing_is_bitwise) { check_checkpointing(0.0); }
+/* with LoRA dropout the recompute must regenerate the very same masks */
+Test(model, checkpointing_is_bitwise_with_dropout) { check_checkpointing(0.2); }
+
+/* Dropout is on in training only; eval loss equals the training forward's loss without it. */
+Test(model, eval_loss_equals_training_loss)
+{
+    model *m = load_model("llama", ADAPTER_LORA, 0, 1);
+    packed_batch b;
+    load_batch("llama", &b);
+    double lt, le;
+    int64_t nt, ne;
+    cr_assert_eq(model_forward_loss(m, &b, &le, &ne), 0);
+    model_zero_grad(m);
+    cr_assert_eq(model_forward_backward(m, &b, 1.0f, &lt, &nt), 0);
+    cr_assert(le == lt && ne == nt, "eval %.9g/%lld vs train %.9g/%lld", le, (long long)ne, lt,
+              (long long)nt);
+    packed_batch_free(&b);
+    model_free(m);
 }
 
 Test(model, no_supervised_token_adds_nothing)
@@ -393,8 +423,6 @@ Test(model, kv_cache_matches_full_forward)
 /* QLoRA: the forward equals the fp32 path run with the dequantized NF4 weights. */
 Test(model, qlora_equals_dequantized_fp32)
 {
-    if (!nf4_quantize)
-        cr_skip_test("worker/nf4.c is not in this build");
     model *q = load_model("qwen3", ADAPTER_QLORA, 0, 1);
     model *f = load_model("qwen3", ADAPTER_LORA, 0, 1);
     const kernel_ops *ops = model_ops(q);

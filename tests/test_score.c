@@ -252,3 +252,30 @@ Test(score, resume_of_a_finished_run_only_recomputes_metrics)
     free(text);
     st_rm_rf(dir);
 }
+
+/* A kill between writing output and committing it leaves uncommitted bytes in the partial
+ * output and maybe a torn journal line: resume drops both. */
+Test(score, resume_drops_uncommitted_output_and_torn_commits, .timeout = 240)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *ref = st_path(dir, "ref.jsonl"), *out = st_path(dir, "out.jsonl");
+    char *partial = st_path(dir, "out.jsonl.partial"), *journal = st_path(dir, "out.jsonl.journal");
+    st_write_rows(in, 4000, 3, 0);
+    cr_assert_eq(run_score(0, in, ref, log, 0, 0, NULL), 0);
+    pid_t pid;
+    run_score(0, in, out, log, 0, 500, &pid);
+    st_wait_for_text(journal, "commit ", 3, 60);
+    st_kill_tree(pid);
+    st_wait(pid, NULL);
+
+    FILE *f = fopen(partial, "a");
+    fprintf(f, "{\"row\": 123456, \"scores\": [9, 9, 9], \"text\": \"uncommitted\"}\n{\"row\": 1");
+    fclose(f);
+    f = fopen(journal, "a");
+    fprintf(f, "commit 999999 999999");
+    fclose(f);
+
+    cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 0, "see %s", log);
+    cr_assert(st_same_file(ref, out), "resumed output differs from the uninterrupted run");
+    st_rm_rf(dir);
+}

@@ -10,7 +10,10 @@
 #include "test_score_util.h"
 
 #include <math.h>
+#include <mpi.h>
 
+#include "ckpt.h"
+#include "config.h"
 #include "model.h"
 #include "prompt.h"
 #include "safetensors.h"
@@ -311,4 +314,100 @@ Test(score_model, constrained_equals_plain_greedy_inside_the_grammar, .timeout =
     scorer_free(one);
     scorer_free(three);
     st_rm_rf(dir);
+}
+
+/* A rubric checkpoint (.h5) given as --adapter is loaded with the LoRA shape of its stored
+ * config: the scores equal a decode on the in-memory model with those LoRA weights, and differ
+ * from the base model's. */
+Test(score_model, adapter_checkpoint_is_applied, .timeout = 300)
+{
+    MPI_Init(NULL, NULL);
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0);
+
+    /* the base model with a random LoRA on every module */
+    model_options mo;
+    model_options_defaults(&mo);
+    mo.adapter = ADAPTER_LORA;
+    mo.lora_r = 4;
+    mo.lora_alpha = 8;
+    mo.lora_targets = LORA_ALL;
+    mo.backend = "cpu";
+    model *m;
+    cr_assert_eq(model_load(&m, mdir, &mo), 0, "%s", err_msg());
+    model_trainable_view v;
+    model_trainable(m, &v);
+    unsigned seed = 3;
+    for (int64_t i = 0; i < v.n; i++)
+        v.params[i] = ((float)rand_r(&seed) / (float)RAND_MAX - 0.5f) * 0.6f;
+
+    /* saved as a checkpoint whose config says so */
+    char *yaml = malloc(strlen(mdir) + 256);
+    sprintf(yaml, "base_model: %s\nchat_template: qwen3\nadapter: lora\nlora_r: 4\n"
+                  "lora_alpha: 8\nlora_target_linear: true\n", mdir);
+    ckpt_param *params = calloc((size_t)v.n_tensors, sizeof *params);
+    for (int i = 0; i < v.n_tensors; i++)
+        params[i] = (ckpt_param){v.table[i].name, v.table[i].offset, v.table[i].rows,
+                                 v.table[i].cols};
+    ckpt_meta meta;
+    memset(&meta, 0, sizeof meta);
+    meta.step = 1;
+    meta.config_yaml = yaml;
+    meta.base_model = mdir;
+    meta.base_model_hash = model_get_config(m)->hash;
+    meta.sched_kind = "constant";
+    meta.world_size = 1;
+    ckpt_slice slice = {0, v.n, v.params, NULL, NULL, NULL};
+    char *ckpt;
+    cr_assert_eq(ckpt_save(MPI_COMM_SELF, dir, &meta, params, v.n_tensors, &slice, 0, 0, &ckpt),
+                 0, "%s", err_msg());
+
+    /* the config stored in it is what score reads */
+    rubric_config cfg;
+    cr_assert_eq(scorer_adapter_config(ckpt, &cfg), 0, "%s", err_msg());
+    cr_assert_eq(cfg.lora_r, 4);
+    config_free(&cfg);
+
+    scorer_options o;
+    scorer_options_defaults(&o);
+    o.model_dir = mdir;
+    o.tokenizer_dir = TOK_DIR;
+    o.adapter = ckpt;
+    o.k = 3;
+    o.backend = "cpu";
+    scorer *with;
+    cr_assert_eq(scorer_new(&with, &o), 0, "%s", err_msg());
+    scorer *base = new_scorer(mdir, 3, 1, 4);
+    row_text rows[32];
+    int n = make_rows(rows);
+    scorer_result ra[32], rb[32];
+    score_all(with, rows, n, ra);
+    score_all(base, rows, n, rb);
+
+    tokenizer *tk;
+    cr_assert_eq(tokenizer_load(&tk, TOK_DIR), 0);
+    token_ids t;
+    get_ids(tk, &t);
+    int differ = 0;
+    for (int i = 0; i < n; i++) {
+        prompt_tokens pt;
+        encode_row(scorer_encoder(base), &rows[i], &pt);
+        uint32_t toks[16];
+        int ref[16], off;
+        decode_ref(m, &pt, &t, 3, 1, toks, ref, &off);
+        prompt_tokens_free(&pt);
+        for (int j = 0; j < 3; j++)
+            cr_assert_eq(ra[i].scores[j], ref[j], "row %d score %d", i, j);
+        cr_assert_eq(ra[i].off_grammar, off);
+        differ += memcmp(ra[i].scores, rb[i].scores, sizeof(int) * 3) != 0;
+    }
+    cr_assert(differ > 0, "the adapter changed no score: the test would prove nothing");
+    tokenizer_free(tk);
+    scorer_free(with);
+    scorer_free(base);
+    model_free(m);
+    free(params);
+    free(yaml);
+    free(ckpt);
+    st_rm_rf(dir);
+    MPI_Finalize();
 }

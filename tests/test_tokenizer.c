@@ -450,6 +450,59 @@ Test(tokenizer, unsupported_files_are_clear_errors)
     expect_load_error("1s/^{/[/", "not valid JSON");
 }
 
+/* Write tokenizer.json with the fixture's added-token flags applied into dir. */
+static void write_flag_variant(json_t *variant, const char *dir)
+{
+    json_error_t jerr;
+    json_t *spec = json_load_file(TOKENIZER_DIR "/tokenizer.json", 0, &jerr);
+    cr_assert_not_null(spec, "%s", jerr.text);
+    size_t i;
+    json_t *tok;
+    json_array_foreach(json_object_get(spec, "added_tokens"), i, tok) {
+        const char *content = json_string_value(json_object_get(tok, "content"));
+        json_t *flags = json_object_get(variant, content);
+        if (flags)
+            json_object_update(tok, flags);
+    }
+    char *path = xasprintf("%s/tokenizer.json", dir);
+    cr_assert_eq(json_dump_file(spec, path, 0), 0);
+    free(path);
+    json_decref(spec);
+}
+
+/* single_word, lstrip, rstrip and normalized added tokens (unused by Qwen3) against HF. */
+Test(tokenizer, added_token_flags_match_hf)
+{
+    size_t n;
+    json_t **cases = read_jsonl(FIXTURES "/edge_cases.jsonl", &n);
+    char dir[] = "/tmp/rubric-tokflags-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    tokenizer *variant = NULL;
+    int checked = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *spec = json_object_get(cases[i], "flag_variant");
+        json_t *text = json_object_get(cases[i], "flag_text");
+        if (spec) {
+            write_flag_variant(spec, dir);
+            cr_assert_eq(tokenizer_load(&variant, dir), 0, "%s", err_msg());
+        } else if (text) {
+            cr_assert_not_null(variant, "flag cases before the flag_variant line");
+            token_vec ids = {0};
+            cr_assert_eq(tokenizer_encode(variant, json_string_value(text),
+                                          json_string_length(text), TOK_MATCH_ADDED, &ids), 0);
+            long d = first_difference(&ids, json_object_get(cases[i], "flag_ids"));
+            cr_expect_eq(d, -1, "case '%s': first difference at id %ld",
+                         json_string_value(json_object_get(cases[i], "name")), d);
+            token_vec_free(&ids);
+            checked++;
+        }
+    }
+    tokenizer_free(variant);
+    remove_dir(dir);
+    free_jsonl(cases, n);
+    cr_assert_gt(checked, 10);
+}
+
 /* ------------------------------------------------------------------ threads */
 
 typedef struct {

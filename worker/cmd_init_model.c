@@ -25,7 +25,7 @@
 #include "safetensors.h"
 #include "util.h"
 
-#define INIT_STD 0.02
+#define INIT_STD 0.02 /* transformers' initializer_range default */
 
 /* ---- the seeded generator ---- */
 
@@ -85,6 +85,8 @@ typedef struct {
     const char *dtype; /* "bf16" or "f32" */
     uint64_t seed;
     uint64_t max_shard_bytes; /* 0: one model.safetensors */
+    double init_std;          /* std of the linear layers' normal init */
+    double embed_std;         /* std of the embeddings and an untied LM head */
     int help;
     model_config mc;
 } init_options;
@@ -109,6 +111,12 @@ static void init_usage(FILE *fp)
             "  --rope-theta X       RoPE base (1000000)\n"
             "  --tie | --no-tie     tie the LM head to the embeddings (default: tied)\n"
             "  --seed N             random seed (1); the same seed gives identical files\n"
+            "  --init-std X         std of the normal init of linear layers (0.02, as HF)\n"
+            "  --embed-std X        std of the embeddings and LM head (default: --init-std).\n"
+            "                       With frozen tied embeddings at std 0.02 a tiny random\n"
+            "                       model's logits span only about +-1 and its loss cannot\n"
+            "                       fall far below ln(vocab); a larger value lets a LoRA\n"
+            "                       demo show learning\n"
             "  --dtype bf16|f32     stored weight type (bf16)\n"
             "  --tokenizer DIR      tokenizer files to copy (default: the bundled Qwen3 one)\n"
             "  --max-shard-size N   cut the weights into shards of at most N bytes (suffix\n"
@@ -123,6 +131,19 @@ static int init_parse_int(const char *opt, const char *s, int64_t min, int64_t *
     if (errno || end == s || *end || v < min)
         return err_set(RB_EXIT_INPUT, "init-model: %s needs an integer >= %lld, got '%s'", opt,
                        (long long)min, s);
+    *out = v;
+    return 0;
+}
+
+/* A standard deviation: a finite number > 0 and <= 10. */
+static int init_parse_std(const char *opt, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v > 0 && v <= 10))
+        return err_set(RB_EXIT_INPUT, "init-model: %s needs a number in (0, 10], got '%s'", opt,
+                       s);
     *out = v;
     return 0;
 }
@@ -153,7 +174,7 @@ static int init_parse_size(const char *s, uint64_t *out)
 static int init_parse_args(init_options *o, int argc, char **argv)
 {
     enum { O_OUT = 256, O_TYPE, O_HIDDEN, O_LAYERS, O_HEADS, O_KV, O_HD, O_INTER, O_VOCAB,
-           O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_HELP };
+           O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_STD, O_ESTD, O_HELP };
     static const struct option longopts[] = {
         {"out", required_argument, 0, O_OUT},        {"type", required_argument, 0, O_TYPE},
         {"hidden", required_argument, 0, O_HIDDEN},  {"layers", required_argument, 0, O_LAYERS},
@@ -166,6 +187,7 @@ static int init_parse_args(init_options *o, int argc, char **argv)
         {"seed", required_argument, 0, O_SEED},      {"dtype", required_argument, 0, O_DTYPE},
         {"tokenizer", required_argument, 0, O_TOK},  {"help", no_argument, 0, O_HELP},
         {"max-shard-size", required_argument, 0, O_SHARD},
+        {"init-std", required_argument, 0, O_STD},   {"embed-std", required_argument, 0, O_ESTD},
         {0, 0, 0, 0},
     };
     static const char *const size_opts[] = {"--hidden", "--layers", "--heads", "--kv-heads",
@@ -177,6 +199,8 @@ static int init_parse_args(init_options *o, int argc, char **argv)
     int tie = 1, c, rc = 0;
     memset(o, 0, sizeof *o);
     o->dtype = "bf16";
+    o->init_std = INIT_STD;
+    o->embed_std = -1; /* follows --init-std */
     optind = 0;
     opterr = 0;
     while (!rc && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -198,6 +222,8 @@ static int init_parse_args(init_options *o, int argc, char **argv)
         case O_DTYPE: o->dtype = optarg; break;
         case O_TOK: o->tokenizer = optarg; break;
         case O_SHARD: rc = init_parse_size(optarg, &o->max_shard_bytes); break;
+        case O_STD: rc = init_parse_std("--init-std", optarg, &o->init_std); break;
+        case O_ESTD: rc = init_parse_std("--embed-std", optarg, &o->embed_std); break;
         case O_HELP: o->help = 1; return 0;
         default:
             rc = err_set(RB_EXIT_INPUT, "init-model: unknown or incomplete option '%s'",
@@ -210,6 +236,8 @@ static int init_parse_args(init_options *o, int argc, char **argv)
         return err_set(RB_EXIT_INPUT, "init-model: unexpected argument '%s'", argv[optind]);
     if (!o->out)
         return err_set(RB_EXIT_INPUT, "init-model: --out DIR is required");
+    if (o->embed_std < 0)
+        o->embed_std = o->init_std;
     if (strcmp(o->dtype, "bf16") != 0 && strcmp(o->dtype, "f32") != 0)
         return err_set(RB_EXIT_INPUT, "init-model: --dtype must be bf16 or f32, got '%s'",
                        o->dtype);
@@ -247,7 +275,7 @@ typedef struct {
     int n, cap;
 } init_tensors;
 
-enum init_kind { INIT_NORMAL, INIT_ZERO, INIT_ONE };
+enum init_kind { INIT_NORMAL, INIT_EMBED, INIT_ZERO, INIT_ONE };
 
 /* Add tensor `name` of shape [d0] or [d0, d1] (d1 = 0), initialised by kind. */
 static void init_add(init_tensors *ts, const init_options *o, enum init_kind kind, int64_t d0,
@@ -261,10 +289,10 @@ static void init_add(init_tensors *ts, const init_options *o, enum init_kind kin
 
     int64_t n = d0 * (d1 ? d1 : 1);
     float *v = xmalloc((size_t)n * sizeof *v);
-    if (kind == INIT_NORMAL) {
+    if (kind == INIT_NORMAL || kind == INIT_EMBED) {
         init_rng r;
         init_rng_seed(&r, o->seed, name);
-        init_rng_normal(&r, v, n, INIT_STD);
+        init_rng_normal(&r, v, n, kind == INIT_EMBED ? o->embed_std : o->init_std);
     } else {
         for (int64_t i = 0; i < n; i++)
             v[i] = kind == INIT_ONE ? 1.0f : 0.0f;
@@ -296,7 +324,7 @@ static void init_build(init_tensors *ts, const init_options *o)
     int64_t h = mc->hidden_size, q = (int64_t)mc->num_attention_heads * mc->head_dim;
     int64_t kv = (int64_t)mc->num_key_value_heads * mc->head_dim, ff = mc->intermediate_size;
 
-    init_add(ts, o, INIT_NORMAL, mc->vocab_size, h, "model.embed_tokens.weight");
+    init_add(ts, o, INIT_EMBED, mc->vocab_size, h, "model.embed_tokens.weight");
     for (int l = 0; l < mc->num_hidden_layers; l++) {
         const char *p = "model.layers";
 
@@ -327,7 +355,7 @@ static void init_build(init_tensors *ts, const init_options *o)
     }
     init_add(ts, o, INIT_ONE, h, 0, "model.norm.weight");
     if (!mc->tie_word_embeddings)
-        init_add(ts, o, INIT_NORMAL, mc->vocab_size, h, "lm_head.weight");
+        init_add(ts, o, INIT_EMBED, mc->vocab_size, h, "lm_head.weight");
 }
 
 static void init_free(init_tensors *ts)

@@ -40,7 +40,7 @@ typedef struct {
     uint64_t seed;             /* LoRA A init and dropout masks */
     int64_t flat_align;        /* pad the flat buffer to a multiple of this (elements); >= 1 */
     const char *backend;       /* "cpu", "cuda" or "auto" (default "cpu") */
-    int max_tokens;            /* largest micro-batch in tokens (workspace size); 0: grow */
+    int max_tokens;            /* hint only: the workspace grows to the largest batch seen */
 } model_options;
 
 /* Defaults as listed above. */
@@ -50,7 +50,8 @@ void model_options_from_config(model_options *o, const rubric_config *cfg);
 
 /* One trainable tensor inside the flat buffer (row-major [rows, cols]). */
 typedef struct {
-    char *name;       /* PEFT name, e.g. base_model.model.model.layers.3.mlp.up_proj.lora_B.weight */
+    /* PEFT name, e.g. base_model.model.model.layers.3.mlp.up_proj.lora_B.weight */
+    char *name;
     int64_t offset;   /* in elements from the start of the flat buffer */
     int rows, cols;   /* lora_A: [r, in]; lora_B: [out, r] */
 } lora_param;
@@ -84,9 +85,9 @@ int64_t model_weight_bytes(const model *m);
 void model_trainable(model *m, model_trainable_view *out);
 /* Index of a PEFT name in the table, or -1. */
 int model_find_param(const model *m, const char *name);
-/* Read PEFT adapter weights (adapter_model.safetensors, names as in the table, optionally
- * with ".default" adapter infix absent) into the flat buffer. Every table entry must be present
- * with its shape. */
+/* Read PEFT adapter weights into the flat buffer: path is adapter_model.safetensors or the folder
+ * holding it; names as PEFT saves them (the table's names). Every table entry must be present
+ * with its shape, else an error naming the tensor and file (the buffer is then unchanged). */
 int model_load_adapter(model *m, const char *path);
 
 /* grads = 0 */

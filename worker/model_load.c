@@ -39,28 +39,26 @@ void model_options_from_config(model_options *o, const rubric_config *cfg)
 
 /* ---- weights ---- */
 
-/* worker/nf4.c (QLoRA) may be built after this file: weak references, checked before use, so
- * a build without it still links and says what is missing. */
-#pragma weak nf4_quantize
-#pragma weak nf4_block_absmax
-#pragma weak nf4_bytes
-#pragma weak nf4_free
 
 /* Read a tensor of the given shape into a new backend buffer. */
 static int load_tensor(model *m, const safetensors_set *st, const char *name, int ndim,
                        int64_t d0, int64_t d1, float **out)
 {
     int64_t shape[2] = {d0, d1}, n = ndim == 1 ? d0 : d0 * d1;
-    float *host = xmalloc(sizeof(float) * (size_t)n);
+    size_t bytes = sizeof(float) * (size_t)n;
+    float *buf = m->ops->alloc(bytes);
+    float *host = m->ops->host_memory ? buf : xmalloc(bytes); /* no staging copy on the CPU */
     int rc = safetensors_read_f32(st, name, ndim, shape, host);
-    if (rc) {
+    if (!rc && host != buf)
+        m->ops->upload(buf, host, bytes);
+    if (host != buf)
         free(host);
+    if (rc) {
+        m->ops->free(buf);
         return err_prefix(rc, "model %s", m->dir);
     }
-    *out = m->ops->alloc(sizeof(float) * (size_t)n);
-    m->ops->upload(*out, host, sizeof(float) * (size_t)n);
+    *out = buf;
     m->base_bytes += n * (int64_t)sizeof(float);
-    free(host);
     return 0;
 }
 
@@ -70,11 +68,6 @@ static int load_linear_nf4(model *m, const safetensors_set *st, const char *name
 {
     int64_t shape[2] = {lin->out, lin->in}, n = shape[0] * shape[1];
     float *host = xmalloc(sizeof(float) * (size_t)n);
-    if (!nf4_quantize) {
-        free(host);
-        return err_set(RB_EXIT_INPUT, "adapter qlora: this build has no NF4 support "
-                       "(worker/nf4.c); use adapter lora");
-    }
     int rc = safetensors_read_f32(st, name, 2, shape, host);
     nf4_tensor q;
     if (!rc)
@@ -127,7 +120,7 @@ static int load_layer(model *m, const safetensors_set *st, int l)
     int C = c->hidden_size, I = c->intermediate_size, D = c->head_dim;
     int qd = c->num_attention_heads * D, kvd = c->num_key_value_heads * D;
     int qkv_bias = c->attention_bias || strcmp(c->model_type, "qwen2") == 0;
-    int o_bias = c->attention_bias && strcmp(c->model_type, "llama") == 0;
+    int o_bias = c->o_bias;
     char name[160];
     int rc = 0;
 

@@ -12,6 +12,11 @@
  */
 #include "cpu_blas.h"
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_thread_num(void) { return 0; }
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +24,23 @@
 #include "util.h"
 
 #define ATT_BQ 64
+#define ATT_MAX_THREADS 256
+
+/* Per-thread score buffers, kept between calls (no page faults per layer). */
+static float *thread_buf(int slot, size_t n)
+{
+    static float *buf[2][ATT_MAX_THREADS];
+    static size_t cap[2][ATT_MAX_THREADS];
+    int t = omp_get_thread_num();
+    if (t >= ATT_MAX_THREADS)
+        rb_die(RB_EXIT_RUNTIME, "attention: more than %d OpenMP threads", ATT_MAX_THREADS);
+    if (n > cap[slot][t]) {
+        free(buf[slot][t]);
+        buf[slot][t] = xmalloc(sizeof(float) * n);
+        cap[slot][t] = n;
+    }
+    return buf[slot][t];
+}
 
 /* One query block of one head: where its rows and keys are. */
 typedef struct {
@@ -107,7 +129,7 @@ void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, c
     openblas_set_num_threads(1);
 #pragma omp parallel
     {
-        float *s_buf = xmalloc(sizeof(float) * (size_t)ATT_BQ * max_k);
+        float *s_buf = thread_buf(0, (size_t)ATT_BQ * max_k);
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < n_items; i++) {
             int s = item_seg[i], h = item_blk[i] / 65536, bl = item_blk[i] % 65536;
@@ -116,7 +138,6 @@ void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, c
             att_block b = att_block_at(cu_q, cu_k, s, i0, bq);
             fwd_block(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
         }
-        free(s_buf);
     }
     openblas_set_num_threads(saved);
     free(item_seg);
@@ -182,8 +203,8 @@ void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
     openblas_set_num_threads(1);
 #pragma omp parallel
     {
-        float *p_buf = xmalloc(sizeof(float) * (size_t)ATT_BQ * max_k);
-        float *dp_buf = xmalloc(sizeof(float) * (size_t)ATT_BQ * max_k);
+        float *p_buf = thread_buf(0, (size_t)ATT_BQ * max_k);
+        float *dp_buf = thread_buf(1, (size_t)ATT_BQ * max_k);
 #pragma omp for schedule(dynamic, 1)
         for (int item = 0; item < n_seg * kv_heads; item++) {
             int s = item / kv_heads, g = item % kv_heads;
@@ -201,8 +222,6 @@ void cpu_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const
                               scale, p_buf, dp_buf);
                 }
         }
-        free(p_buf);
-        free(dp_buf);
     }
     openblas_set_num_threads(saved);
 }

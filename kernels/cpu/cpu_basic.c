@@ -14,8 +14,10 @@
 #include "log.h"
 #include "util.h"
 
-/* Parallelise an elementwise loop only when it is big enough to pay for the threads. */
-#define CPU_PAR_MIN 32768
+/* Parallelise an elementwise loop only when it is big enough to pay for waking the OpenMP
+ * threads, which then spin for a while and compete with OpenBLAS's own threads (the pthread
+ * build of OpenBLAS keeps a separate pool): most of these loops are memory-bound anyway. */
+#define CPU_PAR_MIN (1 << 22)
 
 /* ---- memory ---- */
 

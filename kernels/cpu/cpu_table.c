@@ -34,6 +34,7 @@ static const kernel_ops cpu_ops = {
     .add = cpu_add,
     .nf4_dequant_rows = cpu_nf4_dequant_rows,
     .adamw = cpu_adamw,
+    .host_memory = 1,
 };
 
 const kernel_ops *kernel_ops_cpu(void)

@@ -14,20 +14,25 @@
 
 #define XENT_BLOCK_FLOATS (16 * 1024 * 1024)
 
-/* Loss of one row of logits; turns the row into grad_scale * (softmax - onehot) when grad. */
+/* Loss of one row of logits; turns the row into grad_scale * (softmax - onehot) when grad.
+ * One expf per logit: the row keeps exp(l - max), then is scaled by grad_scale / sum. */
 static double xent_row(float *row, int vocab, int target, float grad_scale, int grad)
 {
-    float mx = -INFINITY;
+    float mx = -INFINITY, target_logit = row[target];
     for (int j = 0; j < vocab; j++)
         mx = row[j] > mx ? row[j] : mx;
     double sum = 0.0;
-    for (int j = 0; j < vocab; j++)
-        sum += expf(row[j] - mx);
-    float lse = mx + (float)log(sum);
-    double loss = (double)lse - (double)row[target];
+    for (int j = 0; j < vocab; j++) {
+        float e = expf(row[j] - mx);
+        sum += e;
+        if (grad)
+            row[j] = e;
+    }
+    double loss = (double)mx + log(sum) - (double)target_logit;
     if (grad) {
+        float k = (float)(grad_scale / sum);
         for (int j = 0; j < vocab; j++)
-            row[j] = expf(row[j] - lse) * grad_scale;
+            row[j] *= k;
         row[target] -= grad_scale;
     }
     return loss;

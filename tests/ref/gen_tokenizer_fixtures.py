@@ -12,7 +12,9 @@ edge_cases.jsonl  one case per line:
      "ids": HF ids with added tokens matched, "ids_literal": (only when different) HF ids with
      added tokens treated as plain text, "nfc": (only when different) NFC of the text}
   or a decode case: {"name", "decode_ids": [...], "text": HF Tokenizer.decode(ids)}
-  or a lookup case: {"name", "token": text, "id": HF token_to_id}, and one {"vocab_size": n}.
+  or a lookup case: {"name", "token": text, "id": HF token_to_id}, and one {"vocab_size": n},
+  or {"flag_variant": {content: {flag: value}}} (added-token flags set on a variant of the
+  tokenizer) followed by {"name", "flag_text", "flag_ids"} cases encoded with that variant.
 data_<dataset>_<split>.tsv  per row of ../shared/data/<dataset>/<split>.jsonl (the *.meta.jsonl
     files hold no text fields and are skipped): "row<TAB>n:h<TAB>n:h<TAB>n:h" for the fields
     instruction, input, output, where n is the token count and h the xxh64 (seed 0, hex) of the
@@ -80,6 +82,9 @@ def edge_texts():
         ("spaces before newline", "a   \n   b \n\n  c"),
         ("unicode spaces", "a\u00a0b\u2002c\u3000d\u180ee\u200bf\u2028g\u2029h\u0085i\x1cj"),
         ("recent unicode letters", " \U0001e4d0\U0001e4d1x \U00031350\U00031351 \U00011f04 🥹"),
+        ("nul and combining marks", "a\x00e\u0301 x\x00\u0300 \u0300\u0301 leading marks"),
+        ("composition exclusions", "\u0958 \u2126 \u212b \uac00\u11a8 \u1100\u1161\u11a8"),
+        ("fullwidth", "ｆｕｌｌｗｉｄｔｈ １２３ ＡＢＣ"),
         ("control chars", "x\x00y\x01z\x7f\x1b[0m"),
         ("valid but unusual", "\ufeffBOM \U0010fffd \ufffd \U0001d49c \u0301 start \ue000 pua"),
         ("punctuation runs", "!!!??? ... --- ((())) \"quoted\" 'single' `tick` ~~~"),
@@ -161,7 +166,29 @@ def lookup_cases(full):
     yield {"name": "vocab size", "vocab_size": full.get_vocab_size(with_added_tokens=True)}
 
 
-def write_edge_cases(full, literal, out_dir):
+# Added-token flags Qwen3 does not use, exercised on a variant of the tokenizer (the C test
+# builds the same variant from the fixture's "flag_variant" line).
+FLAG_VARIANT = {"<think>": {"lstrip": True}, "</think>": {"rstrip": True},
+                "<tool_call>": {"single_word": True}, "<|fim_pad|>": {"normalized": True},
+                "<|im_end|>": {"lstrip": True, "rstrip": True}}
+FLAG_TEXTS = ["a  <think>  b", "x</think>  \n y", "a<tool_call>b", "a <tool_call> b",
+              "é<tool_call>", "_<tool_call>", "1<tool_call>", "<tool_call>٣", "<tool_call>",
+              " \u00a0<think>", "\u3000<|im_end|>\u3000z", "<|fim_pad|>e\u0301 x",
+              "<think><think>  <|im_end|>  <|im_end|>", "\u2028<think>", "a\u200b<think>",
+              "\x85<think>\u180e"]
+
+
+def flag_cases(path):
+    spec = json.load(open(path, encoding="utf-8"))
+    for tok in spec["added_tokens"]:
+        tok.update(FLAG_VARIANT.get(tok["content"], {}))
+    variant = Tokenizer.from_str(json.dumps(spec))
+    yield {"name": "flag variant", "flag_variant": FLAG_VARIANT}
+    for text in FLAG_TEXTS:
+        yield {"name": "flags " + text, "flag_text": text, "flag_ids": ids_of(variant, text)}
+
+
+def write_edge_cases(full, literal, out_dir, tokenizer_path):
     path = os.path.join(out_dir, "edge_cases.jsonl")
     with open(path, "w", encoding="utf-8") as f:
         for name, spec in edge_texts():
@@ -176,7 +203,8 @@ def write_edge_cases(full, literal, out_dir):
             if nfc != text:
                 case["nfc"] = nfc
             f.write(json.dumps(case, ensure_ascii=False, separators=(",", ":")) + "\n")
-        for case in list(decode_cases(full)) + list(lookup_cases(full)):
+        cases = list(decode_cases(full)) + list(lookup_cases(full))
+        for case in cases + list(flag_cases(tokenizer_path)):
             f.write(json.dumps(case, ensure_ascii=False, separators=(",", ":")) + "\n")
     print("wrote", path, os.path.getsize(path), "bytes")
 
@@ -240,7 +268,7 @@ def main():
         show_diff(full, args.data, args.diff[0], int(args.diff[1]), args.diff[2], args.tokenizer)
         return 0
     os.makedirs(args.out, exist_ok=True)
-    write_edge_cases(full, literal, args.out)
+    write_edge_cases(full, literal, args.out, args.tokenizer)
     write_data_digests(full, literal, args.data, args.out)
     return 0
 

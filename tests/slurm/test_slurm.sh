@@ -157,6 +157,12 @@ for _ in $(seq 120); do
 done
 grep -q "^step 2/12" "$T/job-$job3.out" || fail "job $job3 did not reach step 2"
 scancel --signal=USR1 --batch "$job3"
+# a requeued job waits about two minutes before it may start again: let it start now
+for _ in $(seq 60); do
+    scontrol show job "$job3" | grep -q 'Restarts=1' && break
+    sleep 1
+done
+scontrol update JobId="$job3" StartTime=now 2>/dev/null || true
 state=$(wait_job "$job3")
 out3=$T/job-$job3.out
 [[ "$state" == COMPLETED ]] || fail "job $job3 ended $state"

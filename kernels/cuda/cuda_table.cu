@@ -1,0 +1,247 @@
+/*
+ * cuda_table.cu: the CUDA backend's start-up (is there a usable GPU?), its memory, the cuBLAS
+ * GEMM, scratch buffers and the operation table.
+ *
+ * GEMM: cublasSgemm in fp32 (CUBLAS_DEFAULT_MATH: fp32 inputs, fp32 FMA accumulation, no
+ * TF32) so the table's fp32 contract holds. RUBRIC_CUDA_TF32=1 in the environment switches
+ * cuBLAS to TF32 tensor cores (about 8x the fp32 rate on an A40, 10-bit mantissa inputs).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.h"
+#include "cuda_info.h"
+
+/* ---- start-up ---- */
+
+static cublasHandle_t cuda_handle;
+static const kernel_ops *cuda_table_ptr;  /* NULL when no usable GPU */
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static size_t cuda_peak_used;
+
+extern "C" const char *cuda_cublas_status_name(int status)
+{
+    return cublasGetStatusName((cublasStatus_t)status);
+}
+
+cublasHandle_t cuda_blas(void) { return cuda_handle; }
+
+static kernel_ops cuda_ops_table;
+static void cuda_table_fill(kernel_ops *t);
+
+/* No GPU, no driver, or cuBLAS cannot start: one info line, and the caller uses the CPU. */
+static void cuda_start(void)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        log_msg(CUDA_LOG_INFO, "CUDA backend: no usable GPU (%s); the CPU backend runs instead",
+                e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+        cudaGetLastError(); /* clear the sticky error for later callers */
+        return;
+    }
+    int dev = 0;
+    cudaDeviceProp prop;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+        log_msg(CUDA_LOG_INFO, "CUDA backend: the GPU did not answer (%s); the CPU backend "
+                "runs instead", cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    cublasStatus_t st = cublasCreate(&cuda_handle);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        log_msg(CUDA_LOG_INFO, "CUDA backend: cublasCreate failed (%s); the CPU backend runs "
+                "instead", cublasGetStatusName(st));
+        return;
+    }
+    const char *tf32 = getenv("RUBRIC_CUDA_TF32");
+    int use_tf32 = tf32 && strcmp(tf32, "1") == 0;
+    CUBLAS_CHECK(cublasSetMathMode(cuda_handle, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                         : CUBLAS_DEFAULT_MATH));
+    CUBLAS_CHECK(cublasSetStream(cuda_handle, 0));
+    log_msg(CUDA_LOG_INFO, "CUDA backend: %s (sm_%d%d, %.1f GiB), GEMMs in %s", prop.name,
+            prop.major, prop.minor, (double)prop.totalGlobalMem / (1 << 30),
+            use_tf32 ? "TF32" : "fp32");
+    cuda_table_fill(&cuda_ops_table);
+    cuda_table_ptr = &cuda_ops_table;
+}
+
+extern "C" const kernel_ops *kernel_ops_cuda(void)
+{
+    pthread_once(&cuda_once, cuda_start);
+    return cuda_table_ptr;
+}
+
+extern "C" int cuda_info_device(char *name, size_t name_len, int *cc_major, int *cc_minor)
+{
+    if (!kernel_ops_cuda())
+        return 0;
+    int dev = 0;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    if (name && name_len) {
+        strncpy(name, prop.name, name_len - 1);
+        name[name_len - 1] = '\0';
+    }
+    *cc_major = prop.major;
+    *cc_minor = prop.minor;
+    return 1;
+}
+
+extern "C" size_t cuda_info_peak_bytes(void) { return cuda_peak_used; }
+
+/* ---- memory ---- */
+
+static void cuda_note_usage(void)
+{
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (total_b - free_b > cuda_peak_used)
+        cuda_peak_used = total_b - free_b;
+}
+
+void *cuda_alloc(size_t bytes)
+{
+    void *p = NULL;
+    size_t n = bytes ? (bytes + 255) / 256 * 256 : 256;
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        rb_die(CUDA_EXIT_RUNTIME, "out of GPU memory allocating %zu bytes (%zu MiB free of %zu): "
+               "%s; lower micro_batch_size or sequence_len, or enable gradient checkpointing",
+               bytes, free_b >> 20, total_b >> 20, cudaGetErrorString(e));
+    }
+    CUDA_CHECK(cudaMemset(p, 0, n));
+    cuda_note_usage();
+    return p;
+}
+
+void cuda_free(void *p)
+{
+    if (p)
+        CUDA_CHECK(cudaFree(p));
+}
+
+void cuda_upload(void *dst, const void *src, size_t bytes)
+{
+    if (bytes)
+        CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+void cuda_download(void *dst, const void *src, size_t bytes)
+{
+    if (bytes)
+        CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+/* Overlapping ranges are allowed (memmove, as on the CPU): they go through a scratch buffer,
+ * since cudaMemcpy's result is undefined for them. */
+void cuda_copy(void *dst, const void *src, size_t bytes)
+{
+    if (!bytes || dst == src)
+        return;
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if (d < s + bytes && s < d + bytes) {
+        void *tmp = cuda_scratch(CUDA_SCRATCH_COPY, bytes);
+        CUDA_CHECK(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, 0));
+        src = tmp;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0));
+}
+
+void cuda_memset0(void *p, size_t bytes)
+{
+    if (bytes)
+        CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, 0));
+}
+
+void cuda_sync(void) { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+void *cuda_scratch(int slot, size_t bytes)
+{
+    static void *buf[CUDA_SCRATCH_N];
+    static size_t cap[CUDA_SCRATCH_N];
+    if (slot < 0 || slot >= CUDA_SCRATCH_N)
+        rb_die(CUDA_EXIT_RUNTIME, "cuda_scratch: slot %d out of range", slot);
+    if (bytes > cap[slot]) {
+        cuda_free(buf[slot]);
+        buf[slot] = cuda_alloc(bytes);
+        cap[slot] = bytes;
+    }
+    return buf[slot];
+}
+
+/* ---- GEMM ---- */
+
+/* C = beta * C over an m x n row-major block (the k == 0 case). */
+__global__ void gemm_scale_kernel(float *c, int ldc, int m, int n, float beta)
+{
+    int64_t total = (int64_t)m * n;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = i / n, col = i % n;
+        float *e = c + r * ldc + col;
+        *e = beta == 0.0f ? 0.0f : beta * *e;
+    }
+}
+
+/* Row-major C[m,n] = op(A) op(B) is column-major C^T[n,m] = op(B)^T op(A)^T, and a row-major
+ * matrix read column-major is its transpose: so cuBLAS gets B first, then A, with the same
+ * transpose flags and leading dimensions, and n, m swapped. */
+void cuda_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+               int lda, const float *b, int ldb, float beta, float *c, int ldc)
+{
+    if (m <= 0 || n <= 0)
+        return;
+    if (k <= 0) {
+        gemm_scale_kernel<<<cuda_grid_for((int64_t)m * n), CUDA_THREADS>>>(c, ldc, m, n, beta);
+        CUDA_CHECK_LAUNCH("gemm_scale_kernel");
+        return;
+    }
+    CUBLAS_CHECK(cublasSgemm(cuda_handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb, a,
+                             lda, &beta, c, ldc));
+}
+
+/* ---- the table ---- */
+
+/* Filled field by field (C++ has no designated initializers before C++20). */
+static void cuda_table_fill(kernel_ops *t)
+{
+    memset(t, 0, sizeof *t);
+    t->name = "cuda";
+    t->alloc = cuda_alloc;
+    t->free = cuda_free;
+    t->upload = cuda_upload;
+    t->download = cuda_download;
+    t->copy = cuda_copy;
+    t->memset0 = cuda_memset0;
+    t->sync = cuda_sync;
+    t->gemm = cuda_gemm;
+    t->axpy = cuda_axpy;
+    t->scale = cuda_scale;
+    t->add_bias = cuda_add_bias;
+    t->sumsq = cuda_sumsq;
+    t->embedding = cuda_embedding;
+    t->gather_rows = cuda_gather_rows;
+    t->scatter_add_rows = cuda_scatter_add_rows;
+    t->rmsnorm_fwd = cuda_rmsnorm_fwd;
+    t->rmsnorm_bwd = cuda_rmsnorm_bwd;
+    t->rope_fwd = cuda_rope_fwd;
+    t->rope_bwd = cuda_rope_bwd;
+    t->attention_fwd = cuda_attention_fwd;
+    t->attention_bwd = cuda_attention_bwd;
+    t->swiglu_fwd = cuda_swiglu_fwd;
+    t->swiglu_bwd = cuda_swiglu_bwd;
+    t->lm_head_xent = cuda_lm_head_xent;
+    t->lora_fwd = cuda_lora_fwd;
+    t->lora_bwd = cuda_lora_bwd;
+    t->dropout = cuda_dropout;
+    t->add = cuda_add;
+    t->nf4_dequant_rows = cuda_nf4_dequant_rows;
+    t->adamw = cuda_adamw;
+}

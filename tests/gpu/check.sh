@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# tests/gpu/check.sh: the one script for a lent GPU machine.
+#
+#   1. finds the card (nvidia-smi: name, compute capability) and its dense bf16 peak,
+#   2. makes the libraries the build needs available: the system's when pkg-config finds them,
+#      else the .deb files tests/gpu/fetch-debs.sh put in build-gpu-debs/ (carried there),
+#      unpacked with dpkg -x into a private folder,
+#   3. builds rubric with -Dcuda=enabled, adding the card's architecture to nvcc's targets
+#      (the build always has sm_86 and sm_90),
+#   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend),
+#   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
+#      `rubric train` has no backend option yet), in fp32 and in TF32 GEMMs,
+#   6. scores the 2,300 EmoBank demo rows with `rubric score --backend cuda`,
+#   7. prints a table: ms per step, tokens/s, MFU against the dense bf16 peak, rows/s, memory.
+#
+# Without a GPU it builds, says so and stops (exit 3). Exit 1 when a stage fails. The table
+# and the logs also go to $OUT (set by the device tool; default $WORK/out).
+# Environment: BUILD (build folder, default build-gpu-check), WORK (scratch, default
+# /tmp/rubric-gpu-check), DEBS (default build-gpu-debs), STEPS (20), SEQ (1024), NSEQ (8),
+# FORCE_DEBS=1 (use the .deb files even where the system has the libraries: a dry run).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT" || exit 1
+BUILD=${BUILD:-build-gpu-check}
+WORK=${WORK:-/tmp/rubric-gpu-check}
+DEBS=${DEBS:-$ROOT/build-gpu-debs}
+OUT=${OUT:-$WORK/out}
+STEPS=${STEPS:-20}
+SEQ=${SEQ:-1024}
+NSEQ=${NSEQ:-8}
+mkdir -p "$WORK" "$OUT"
+T0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+die() { echo "check.sh: error: $*" >&2; exit 1; }
+
+# ---- 1. the card ----
+GPU="" CC="" PEAK=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+    CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
+    case "$GPU" in
+        *A40*) PEAK=149.7 ;;
+        *H100*|*H200*|*GH200*) PEAK=989 ;;
+        *A100*) PEAK=312 ;;
+        *L40S*) PEAK=362 ;;
+        *) PEAK=0 ;;
+    esac
+    step "GPU: $GPU (sm_$CC), dense bf16 peak ${PEAK} TFLOP/s"
+else
+    step "no GPU found (nvidia-smi missing or no device): the script builds, then stops"
+fi
+
+# ---- 2. libraries ----
+want_pc="yaml-0.1 jansson libpcre2-8 libutf8proc libxxhash openblas criterion"
+if [ -z "${FORCE_DEBS:-}" ] && pkg-config --exists $want_pc 2>/dev/null; then
+    step "libraries: the system's (pkg-config finds them)"
+else
+    ls "$DEBS"/*.deb >/dev/null 2>&1 ||
+        die "pkg-config lacks some of: $want_pc, and $DEBS holds no .deb files: run" \
+            "tests/gpu/fetch-debs.sh on a machine with apt and carry build-gpu-debs"
+    SYS=$WORK/sysroot
+    step "libraries: unpacking $(ls "$DEBS"/*.deb | wc -l) .deb files into $SYS"
+    rm -rf "$SYS" && mkdir -p "$SYS"
+    for f in "$DEBS"/*.deb; do dpkg -x "$f" "$SYS" || die "dpkg -x $f failed"; done
+    ML=$SYS/usr/lib/x86_64-linux-gnu
+    # links Debian makes with update-alternatives at install time
+    [ -e "$ML/pkgconfig/hdf5.pc" ] || ln -sf hdf5-openmpi.pc "$ML/pkgconfig/hdf5.pc"
+    if [ ! -e "$ML/pkgconfig/openblas.pc" ]; then
+        pc=$(find "$ML" -name 'openblas*.pc' | head -1)
+        [ -n "$pc" ] && ln -sf "$pc" "$ML/pkgconfig/openblas.pc"
+    fi
+    for lib in libopenblas.so libopenblas.so.0 libblas.so.3 liblapack.so.3; do
+        if [ ! -e "$ML/$lib" ]; then
+            hit=$(find "$ML" -path '*openblas*' -name "$lib" | head -1)
+            [ -n "$hit" ] && ln -sf "$hit" "$ML/$lib"
+        fi
+    done
+    # dynamic linking only: drop Requires.private (Criterion's would want four more -dev's)
+    find "$SYS" -name '*.pc' -exec sed -i '/^Requires.private/d' {} +
+    [ -e "$SYS/usr/bin/mpicc" ] || ln -sf mpicc.openmpi "$SYS/usr/bin/mpicc"
+    [ -e "$SYS/usr/bin/mpirun" ] || ln -sf mpirun.openmpi "$SYS/usr/bin/mpirun"
+    export PKG_CONFIG_SYSROOT_DIR=$SYS
+    export PKG_CONFIG_LIBDIR=$ML/pkgconfig:$SYS/usr/share/pkgconfig:$ML/openmpi/lib/pkgconfig
+    export PATH=$SYS/usr/bin:$PATH
+    libs=$ML:$ML/openmpi/lib:$ML/hdf5/openmpi:$ML/openblas-pthread
+    export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export LIBRARY_PATH=$LD_LIBRARY_PATH
+    inc=$SYS/usr/include:$SYS/usr/include/x86_64-linux-gnu:$SYS/usr/include/hdf5/openmpi
+    export CPATH=$inc:$ML/openmpi/include${CPATH:+:$CPATH}
+    export OPAL_PREFIX=$SYS/usr  # Open MPI finds its components under the moved prefix
+    pkg-config --exists $want_pc || die "the unpacked libraries are incomplete:" \
+        "$(for p in $want_pc; do pkg-config --exists $p || echo -n "$p "; done)"
+fi
+
+# ---- 3. build ----
+if [ -n "$CC" ] && [ "$CC" != 86 ] && [ "$CC" != 90 ]; then
+    export NVCC_APPEND_FLAGS="-gencode=arch=compute_$CC,code=sm_$CC"
+    step "adding sm_$CC to the build's sm_86 and sm_90"
+fi
+step "building in $BUILD"
+if [ ! -f "$BUILD/build.ninja" ]; then
+    meson setup "$BUILD" -Dcuda=enabled -Dbuildtype=release > "$OUT/meson-setup.log" 2>&1 ||
+        { tail -30 "$OUT/meson-setup.log"; die "meson setup failed ($OUT/meson-setup.log)"; }
+fi
+ninja -C "$BUILD" rubric tests/test_kernels_cuda tests/gpu_train_step > "$OUT/build.log" 2>&1 ||
+    { grep -E "error|FAILED" "$OUT/build.log" | head -30; die "the build failed ($OUT/build.log)"; }
+missing=$(ldd "$BUILD/rubric" "$BUILD/tests/test_kernels_cuda" | grep "not found" | sort -u)
+[ -z "$missing" ] || die "libraries the binaries cannot find (add their packages to" \
+    "tests/gpu/fetch-debs.sh): $missing"
+step "built: $("$BUILD/rubric" --version)"
+if [ -z "$GPU" ]; then
+    echo "check.sh: NO GPU FOUND: built only; no kernel check, training or scoring was run."
+    exit 3
+fi
+
+# ---- 4. kernel checks ----
+step "kernel checks (test_kernels_cuda)"
+"$BUILD/tests/test_kernels_cuda" --verbose --jobs 4 > "$OUT/kernels.log" 2>&1
+KRC=$?
+grep -E "^\[(PASS|FAIL|SKIP|ERR)|Synthesis|Assertion|assert" "$OUT/kernels.log" | head -60
+case $KRC in
+    0) KERNELS="all passed" ;;
+    77) KERNELS="SKIPPED (the binary found no GPU)" ;;
+    *) KERNELS="FAILED (exit $KRC, $OUT/kernels.log)" ;;
+esac
+
+# ---- 5. training: a random model with Qwen3-0.6B's shape ----
+MODEL=$WORK/qwen3-0.6b-random
+if [ ! -f "$MODEL/config.json" ]; then
+    step "writing the random model $MODEL"
+    "$BUILD/rubric" init-model --out "$MODEL" --type qwen3 --hidden 1024 --layers 28 \
+        --heads 16 --kv-heads 8 --head-dim 128 --intermediate 3072 --vocab 151936 \
+        --rope-theta 1000000 --tie --seed 1 > "$OUT/init-model.log" 2>&1 ||
+        { tail -5 "$OUT/init-model.log"; die "rubric init-model failed"; }
+fi
+train() { # $1: label; the environment chooses fp32 or TF32
+    step "training $STEPS steps ($1): $NSEQ x $SEQ tokens, LoRA r 16"
+    timeout 200 "$BUILD/tests/gpu_train_step" "$MODEL" cuda "$STEPS" "$SEQ" "$NSEQ" 16 \
+        > "$OUT/train-$1.txt" 2> "$OUT/train-$1.log" || { tail -5 "$OUT/train-$1.log"; return 1; }
+    cat "$OUT/train-$1.txt"
+}
+kv() { grep -o "$2=[^ ]*" "$1" 2>/dev/null | head -1 | cut -d= -f2; }
+train fp32 || echo "check.sh: training (fp32) failed: $OUT/train-fp32.log"
+RUBRIC_CUDA_TF32=1 train tf32 || echo "check.sh: training (tf32) failed: $OUT/train-tf32.log"
+
+# ---- 6. scoring ----
+step "scoring the EmoBank demo rows with --backend cuda"
+cat data/emobank/train.jsonl data/emobank/test.jsonl > "$WORK/rows.jsonl"
+NROWS=$(wc -l < "$WORK/rows.jsonl")
+rm -f "$WORK/preds.jsonl"*
+S0=$(date +%s.%N)
+if timeout 240 "$BUILD/rubric" score --model "$MODEL" --input "$WORK/rows.jsonl" \
+        --output "$WORK/preds.jsonl" --backend cuda > "$OUT/score.log" 2>&1; then
+    S1=$(date +%s.%N)
+    ROWS_S=$(awk -v n="$NROWS" -v a="$S0" -v b="$S1" 'BEGIN { printf "%.1f", n / (b - a) }')
+else
+    tail -5 "$OUT/score.log"
+    ROWS_S="failed ($OUT/score.log)"
+fi
+
+# ---- 7. the table ----
+FMT="| %-22s | %10s | %10s | %8s | %12s |\n"
+row() { # $1 label, $2 file
+    local ms tps tf mem mfu
+    ms=$(kv "$2" ms_per_step); tps=$(kv "$2" tokens_per_s); tf=$(kv "$2" tflops)
+    mem=$(kv "$2" peak_mib)
+    if [ -z "$ms" ]; then printf "$FMT" "$1" failed - - -; return; fi
+    mfu=$(awk -v t="$tf" -v p="$PEAK" \
+          'BEGIN { if (p > 0) printf "%.1f%%", 100 * t / p; else print "n/a" }')
+    printf "$FMT" "$1" "$ms" "$tps" "$mfu" "$mem MiB"
+}
+{
+    echo
+    echo "GPU check: $GPU (sm_$CC), $(date -u '+%Y-%m-%d %H:%M UTC')," \
+         "commit $(git rev-parse --short HEAD 2>/dev/null)"
+    echo "model: random Qwen3-0.6B shape (28 x 1024, 16/8 heads x 128, MLP 3072, vocab 151936)"
+    echo "training: $NSEQ x $SEQ tokens per step, LoRA r 16 on all linear layers, median of $STEPS"
+    echo "MFU: useful FLOPs / (time x ${PEAK} TFLOP/s, the card's dense bf16 peak)"
+    echo
+    printf "$FMT" "training" "ms/step" "tokens/s" "MFU" "peak memory"
+    printf "|%s|%s|%s|%s|%s|\n" "$(printf -- '-%.0s' {1..24})" "$(printf -- '-%.0s' {1..12})" \
+        "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..14})"
+    row "fp32 GEMMs" "$OUT/train-fp32.txt"
+    row "TF32 GEMMs" "$OUT/train-tf32.txt"
+    echo
+    echo "kernel checks: $KERNELS"
+    echo "scoring: $NROWS rows, $ROWS_S rows/s (rubric score --backend cuda, one process)"
+    echo "total time: $(( $(date +%s) - T0 )) s"
+} | tee "$OUT/table.txt"
+case $KRC in 0) exit 0 ;; *) exit 1 ;; esac
