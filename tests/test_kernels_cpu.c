@@ -100,6 +100,42 @@ Test(kernels_cpu, gemm_all_transposes)
         }
 }
 
+/* The LM-head shape (A B^T, B long: the streaming kernel) against double precision, edges
+ * included (m, n not multiples of the tile, k with a tail, padded leading dimensions, beta 0
+ * and not), and each row's result independent of the other rows in the call. */
+Test(kernels_cpu, gemm_lm_head_shape)
+{
+    int n = 4099, k = 83, lda = 90, ldb = 85, ldc = n + 2;
+    int ms[] = {1, 3, 8, 70};
+    for (size_t t = 0; t < RB_ARRAY_LEN(ms); t++) {
+        int m = ms[t];
+        float beta = t % 2 ? 0.0f : 0.25f;
+        float *a = rand_buf((int64_t)m * lda, 1), *b = rand_buf((int64_t)n * ldb, 1);
+        float *c = rand_buf((int64_t)m * ldc, 1), *c0 = copy_buf(c, (int64_t)m * ldc);
+        K->gemm(0, 1, m, n, k, 1.5f, a, lda, b, ldb, beta, c, ldc);
+        double worst = 0;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double want = 1.5 * dot(a + (int64_t)i * lda, b + (int64_t)j * ldb, k) +
+                              (beta == 0.0f ? 0.0 : beta * c0[(int64_t)i * ldc + j]);
+                worst = fmax(worst, fabs(c[(int64_t)i * ldc + j] - want));
+            }
+        cr_assert(worst < 1e-4, "m %d: max abs error %.3g", m, worst);
+
+        /* the last row alone gives the same bits (up to 64 rows: always the streaming kernel) */
+        float *one = xmalloc(sizeof(float) * (size_t)n);
+        K->gemm(0, 1, 1, n, k, 1.5f, a + (int64_t)(m - 1) * lda, lda, b, ldb, 0.0f, one, n);
+        if (beta == 0.0f && m <= 64)
+            cr_assert(memcmp(one, c + (int64_t)(m - 1) * ldc, sizeof(float) * (size_t)n) == 0,
+                      "m %d: a row's logits depend on the other rows", m);
+        free(one);
+        free(a);
+        free(b);
+        free(c);
+        free(c0);
+    }
+}
+
 /* ---- RMSNorm ---- */
 
 Test(kernels_cpu, rmsnorm_forward_and_backward)
@@ -331,6 +367,41 @@ Test(kernels_cpu, lm_head_xent_loss_and_gradient)
     }
     /* no gradient asked: same loss */
     cr_assert(K->lm_head_xent(hd, w, tg, n, dim, V, 1.0f, NULL, NULL) == loss);
+    free(hd); free(w); free(rl); free(dh);
+}
+
+/* A vocabulary that is not a multiple of the vector width and logits spread over +-40 (the
+ * exp of the vectorized path far into its range, and underflowing terms). */
+Test(kernels_cpu, lm_head_xent_wide_logits)
+{
+    int n = 3, dim = 16, V = 1037;
+    int32_t tg[3] = {5, 1036, 700};
+    float *hd = rand_buf((int64_t)n * dim, 4), *w = rand_buf((int64_t)V * dim, 2);
+    float *rl = xmalloc(sizeof(float) * n), *dh = xmalloc(sizeof(float) * n * dim);
+    double want_rows[3];
+    double loss = K->lm_head_xent(hd, w, tg, n, dim, V, 1.0f, rl, dh);
+    double want = xent_naive(hd, w, tg, n, dim, V, want_rows);
+    cr_assert(fabs(loss - want) < 1e-5 * fabs(want), "loss %g vs %g", loss, want);
+    cr_assert(max_rel(rl, want_rows, n) < 1e-5);
+
+    /* dh = (softmax - onehot) W, from double-precision probabilities */
+    for (int i = 0; i < n; i++) {
+        double *p = xmalloc(sizeof(double) * V), mx = -1e300, s = 0;
+        for (int j = 0; j < V; j++) {
+            p[j] = dot(hd + (int64_t)i * dim, w + (int64_t)j * dim, dim);
+            mx = fmax(mx, p[j]);
+        }
+        for (int j = 0; j < V; j++)
+            s += (p[j] = exp(p[j] - mx));
+        for (int c = 0; c < dim; c++) {
+            double g = -w[(int64_t)tg[i] * dim + c];
+            for (int j = 0; j < V; j++)
+                g += p[j] / s * w[(int64_t)j * dim + c];
+            cr_assert(fabs(dh[(int64_t)i * dim + c] - g) < 1e-5 * fmax(1, fabs(g)),
+                      "row %d col %d: dh %g vs %g", i, c, dh[(int64_t)i * dim + c], g);
+        }
+        free(p);
+    }
     free(hd); free(w); free(rl); free(dh);
 }
 

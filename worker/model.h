@@ -132,5 +132,14 @@ int model_prefill(model *m, model_kv_cache *c, const uint32_t *tokens, int n, fl
  * (host memory). */
 int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens, int n_rows,
                        float *logits);
+/*
+ * Several rows at once: row r appends counts[r] >= 1 tokens (taken in order from tokens, the
+ * rows one after another: sum(counts) tokens) to caches[r] (all distinct), and logits
+ * [n_rows, vocab] (host memory; NULL to skip the LM head) receive each row's LAST token's
+ * logits. The linear layers and the LM head run once for all rows; attention runs per row.
+ * Equals n_rows calls of model_prefill (tests/test_model.c checks it bitwise on the CPU).
+ */
+int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
+                        const int *counts, int n_rows, float *logits);
 
 #endif

@@ -2,7 +2,9 @@
  * model_infer.c: incremental inference for scoring. A KV cache holds one row's keys (after
  * q/k norm and RoPE) and values for every layer; prefill appends tokens to it and returns the
  * logits of the last one; decode_batch advances several rows by one token with the linear
- * layers batched across rows. The LM head runs only at each row's last token.
+ * layers batched across rows; prefill_batch does the same for several tokens per row. The LM
+ * head runs only at each row's last token (on the CPU backend, a streaming kernel: see
+ * kernels/cpu/cpu_gemm_nt.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +189,19 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
 int model_prefill(model *m, model_kv_cache *c, const uint32_t *tokens, int n, float *logits)
 {
     return infer_step(m, &c, &n, 1, tokens, logits);
+}
+
+int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
+                        const int *counts, int n_rows, float *logits)
+{
+    if (n_rows <= 0)
+        return err_set(RB_EXIT_RUNTIME, "model_prefill_batch: no rows (n_rows %d)", n_rows);
+    for (int r = 0; r < n_rows; r++)
+        for (int q = 0; q < r; q++)
+            if (caches[q] == caches[r])
+                return err_set(RB_EXIT_RUNTIME,
+                               "model_prefill_batch: rows %d and %d share one KV cache", q, r);
+    return infer_step(m, caches, counts, n_rows, tokens, logits);
 }
 
 int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens, int n_rows,

@@ -52,24 +52,52 @@ float *cpu_scratch(int slot, size_t n_floats)
 
 /* ---- BLAS ---- */
 
+/* 1 when OpenBLAS chose a kernel far below what the CPU can run (decided once). */
+static int blas_slow = -1;
+
+static int cpu_blas_slow(void)
+{
+    if (blas_slow >= 0)
+        return blas_slow;
+    const char *core = openblas_get_corename();
+    int fast_cpu = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    fast_cpu = __builtin_cpu_supports("avx512f") || __builtin_cpu_supports("avx2");
+#endif
+    blas_slow = fast_cpu && core && (strcmp(core, "Prescott") == 0 || strcmp(core, "Core2") == 0 ||
+                                     strcmp(core, "Nehalem") == 0 ||
+                                     strcmp(core, "Sandybridge") == 0);
+    return blas_slow;
+}
+
 void cpu_blas_check(void)
 {
     static int done;
     if (done)
         return;
     done = 1;
-    const char *core = openblas_get_corename();
-    const char *want = NULL;
-    __builtin_cpu_init();
+    if (!cpu_blas_slow())
+        return;
+    const char *want = "Haswell";
+#if defined(__x86_64__) && defined(__GNUC__)
     if (__builtin_cpu_supports("avx512f"))
         want = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2"))
-        want = "Haswell";
-    if (want && core && (strcmp(core, "Prescott") == 0 || strcmp(core, "Core2") == 0 ||
-                         strcmp(core, "Nehalem") == 0 || strcmp(core, "Sandybridge") == 0))
-        log_warn("OpenBLAS runs its '%s' kernels on a CPU that can run '%s' ones (several "
-                 "times faster): start rubric with OPENBLAS_CORETYPE=%s in the environment",
-                 core, want, want);
+#endif
+    log_warn("OpenBLAS runs its '%s' kernels on a CPU that can run '%s' ones (several "
+             "times faster): start rubric with OPENBLAS_CORETYPE=%s in the environment",
+             openblas_get_corename(), want, want);
+}
+
+/* The LM-head shape (A B^T with B a long [vocab, hidden] matrix) goes to the streaming kernel:
+ * OpenBLAS packs the whole of B on every call, which costs more than the arithmetic for a few
+ * rows of A; with OpenBLAS on its slow kernels the streaming one also wins for many rows
+ * (measured in docs/model.md). Small k (attention heads) stays with OpenBLAS. */
+static int use_nt_stream(int trans_a, int trans_b, int m, int n, int k)
+{
+    if (trans_a || !trans_b || n < 4096 || k < 64)
+        return 0;
+    return m <= 64 || cpu_blas_slow();
 }
 
 void cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
@@ -81,6 +109,10 @@ void cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const 
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
                 c[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(int64_t)i * ldc + j];
+        return;
+    }
+    if (use_nt_stream(trans_a, trans_b, m, n, k)) {
+        cpu_gemm_nt_stream(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,

@@ -17,6 +17,10 @@ void cpu_memset0(void *p, size_t bytes);
 void cpu_sync(void);
 void cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
               int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* cpu_gemm_nt.c: C = alpha A B^T + beta C streaming B once, no packing (cpu_gemm's choice for a
+ * few rows of A against a long B, e.g. the LM head at decode time). */
+void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int lda,
+                        const float *b, int ldb, float beta, float *c, int ldc);
 void cpu_axpy(int64_t n, float alpha, const float *x, float *y);
 void cpu_scale(int64_t n, float alpha, float *x);
 void cpu_add_bias(float *y, const float *bias, int rows, int cols);

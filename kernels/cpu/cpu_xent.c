@@ -16,7 +16,7 @@
 
 /* Loss of one row of logits; turns the row into grad_scale * (softmax - onehot) when grad.
  * One expf per logit: the row keeps exp(l - max), then is scaled by grad_scale / sum. */
-static double xent_row(float *row, int vocab, int target, float grad_scale, int grad)
+static double xent_row_generic(float *row, int vocab, int target, float grad_scale, int grad)
 {
     float mx = -INFINITY, target_logit = row[target];
     for (int j = 0; j < vocab; j++)
@@ -38,6 +38,86 @@ static double xent_row(float *row, int vocab, int target, float grad_scale, int 
     return loss;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* exp(x) for x <= 0, 16 lanes: Cephes' expf (x = n ln2 + r, a degree-6 polynomial in r, then
+ * scalef by 2^n, which flushes below the float range to 0): within 2 ulp of expf. */
+__attribute__((target("avx512f,fma"))) static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* xent_row_generic with 16 lanes: the max, then exp and the sum (in double, lanes added in a
+ * fixed order), then the scaling. Deterministic; the tail goes through masked loads. */
+__attribute__((target("avx512f,fma"))) static double
+xent_row_avx512(float *row, int vocab, int target, float grad_scale, int grad)
+{
+    float target_logit = row[target];
+    __m512 vmx = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= vocab; j += 16)
+        vmx = _mm512_max_ps(vmx, _mm512_loadu_ps(row + j));
+    __mmask16 tail = (__mmask16)((1u << (vocab - j)) - 1u);
+    vmx = _mm512_mask_max_ps(vmx, tail, vmx, _mm512_maskz_loadu_ps(tail, row + j));
+    float mx = _mm512_reduce_max_ps(vmx);
+
+    __m512 vm = _mm512_set1_ps(mx);
+    __m512d s_lo = _mm512_setzero_pd(), s_hi = _mm512_setzero_pd();
+    for (j = 0; j < vocab; j += 16) {
+        __mmask16 k = vocab - j >= 16 ? (__mmask16)0xffff : tail;
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), vm));
+        e = _mm512_maskz_mov_ps(k, e);
+        s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+        if (grad)
+            _mm512_mask_storeu_ps(row + j, k, e);
+    }
+    double lanes[16];
+    _mm512_storeu_pd(lanes, s_lo);
+    _mm512_storeu_pd(lanes + 8, s_hi);
+    double sum = 0.0;
+    for (int q = 0; q < 16; q++)
+        sum += lanes[q];
+
+    double loss = (double)mx + log(sum) - (double)target_logit;
+    if (grad) {
+        __m512 vk = _mm512_set1_ps((float)(grad_scale / sum));
+        for (j = 0; j < vocab; j += 16) {
+            __mmask16 k = vocab - j >= 16 ? (__mmask16)0xffff : tail;
+            _mm512_mask_storeu_ps(row + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + j), vk));
+        }
+        row[target] -= grad_scale;
+    }
+    return loss;
+}
+#endif
+
+typedef double (*xent_row_fn)(float *row, int vocab, int target, float grad_scale, int grad);
+
+static xent_row_fn xent_row_pick(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return xent_row_avx512;
+#endif
+    return xent_row_generic;
+}
+
 double cpu_lm_head_xent(const float *hidden, const float *w, const int32_t *targets, int n,
                         int dim, int vocab, float grad_scale, float *row_loss, float *dhidden)
 {
@@ -45,6 +125,9 @@ double cpu_lm_head_xent(const float *hidden, const float *w, const int32_t *targ
     float *logits = cpu_scratch(0, (size_t)rb * vocab);
     double *losses = xmalloc(sizeof(double) * (size_t)rb);
     double total = 0.0;
+    static xent_row_fn xent_row;
+    if (!xent_row)
+        xent_row = xent_row_pick();
 
     for (int r0 = 0; r0 < n; r0 += rb) {
         int m = RB_MIN(rb, n - r0);

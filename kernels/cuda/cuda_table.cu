@@ -244,4 +244,5 @@ static void cuda_table_fill(kernel_ops *t)
     t->add = cuda_add;
     t->nf4_dequant_rows = cuda_nf4_dequant_rows;
     t->adamw = cuda_adamw;
+    t->host_memory = 0; /* device memory: callers stage through upload/download */
 }

@@ -32,10 +32,10 @@ xent_row_kernel(float *logits, int vocab, const int32_t *targets, float grad_sca
     for (int j = threadIdx.x; j < vocab; j += blockDim.x)
         sum += (double)expf(row[j] - mx);
     sum = block_sum(sum, shared_d);
-    float lse = mx + (float)log(sum);
 
+    /* the loss in double, as cpu_xent.c: max + log(sum) - logit[target] */
     int valid = target >= 0 && target < vocab;
-    double loss = valid ? (double)lse - (double)row[target] : (double)NAN;
+    double loss = valid ? (double)mx + log(sum) - (double)row[target] : (double)NAN;
     __syncthreads(); /* row[target] is read by all before it is overwritten */
     if (threadIdx.x == 0) {
         loss_out[blockIdx.x] = loss;
@@ -45,9 +45,10 @@ xent_row_kernel(float *logits, int vocab, const int32_t *targets, float grad_sca
     if (!grad)
         return;
 
-    /* dlogits = grad_scale * (softmax - onehot), in place */
+    /* dlogits = grad_scale * (softmax - onehot), in place: exp(l - max) * (grad_scale / sum) */
+    float k = (float)((double)grad_scale / sum);
     for (int j = threadIdx.x; j < vocab; j += blockDim.x)
-        row[j] = expf(row[j] - lse) * grad_scale;
+        row[j] = expf(row[j] - mx) * k;
     __syncthreads();
     if (threadIdx.x == 0 && valid)
         row[target] -= grad_scale;

@@ -9,7 +9,7 @@
 #      (the build always has sm_86 and sm_90),
 #   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend),
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
-#      `rubric train` has no backend option yet), in fp32 and in TF32 GEMMs,
+#      `rubric train` has no backend option yet) with fp32 GEMMs, then 10 with TF32 GEMMs,
 #   6. scores the 2,300 EmoBank demo rows with `rubric score --backend cuda`,
 #   7. prints a table: ms per step, tokens/s, MFU against the dense bf16 peak, rows/s, memory.
 #
@@ -134,15 +134,15 @@ if [ ! -f "$MODEL/config.json" ]; then
         --rope-theta 1000000 --tie --seed 1 > "$OUT/init-model.log" 2>&1 ||
         { tail -5 "$OUT/init-model.log"; die "rubric init-model failed"; }
 fi
-train() { # $1: label; the environment chooses fp32 or TF32
-    step "training $STEPS steps ($1): $NSEQ x $SEQ tokens, LoRA r 16"
-    timeout 200 "$BUILD/tests/gpu_train_step" "$MODEL" cuda "$STEPS" "$SEQ" "$NSEQ" 16 \
+train() { # $1: label, $2: steps; the environment chooses fp32 or TF32
+    step "training $2 steps ($1): $NSEQ x $SEQ tokens, LoRA r 16"
+    timeout 240 "$BUILD/tests/gpu_train_step" "$MODEL" cuda "$2" "$SEQ" "$NSEQ" 16 \
         > "$OUT/train-$1.txt" 2> "$OUT/train-$1.log" || { tail -5 "$OUT/train-$1.log"; return 1; }
     cat "$OUT/train-$1.txt"
 }
 kv() { grep -o "$2=[^ ]*" "$1" 2>/dev/null | head -1 | cut -d= -f2; }
-train fp32 || echo "check.sh: training (fp32) failed: $OUT/train-fp32.log"
-RUBRIC_CUDA_TF32=1 train tf32 || echo "check.sh: training (tf32) failed: $OUT/train-tf32.log"
+train fp32 "$STEPS" || echo "check.sh: training (fp32) failed: $OUT/train-fp32.log"
+RUBRIC_CUDA_TF32=1 train tf32 10 || echo "check.sh: training (tf32) failed: $OUT/train-tf32.log"
 
 # ---- 6. scoring ----
 step "scoring the EmoBank demo rows with --backend cuda"
@@ -150,7 +150,7 @@ cat data/emobank/train.jsonl data/emobank/test.jsonl > "$WORK/rows.jsonl"
 NROWS=$(wc -l < "$WORK/rows.jsonl")
 rm -f "$WORK/preds.jsonl"*
 S0=$(date +%s.%N)
-if timeout 240 "$BUILD/rubric" score --model "$MODEL" --input "$WORK/rows.jsonl" \
+if timeout 180 "$BUILD/rubric" score --model "$MODEL" --input "$WORK/rows.jsonl" \
         --output "$WORK/preds.jsonl" --backend cuda > "$OUT/score.log" 2>&1; then
     S1=$(date +%s.%N)
     ROWS_S=$(awk -v n="$NROWS" -v a="$S0" -v b="$S1" 'BEGIN { printf "%.1f", n / (b - a) }')
@@ -182,7 +182,7 @@ row() { # $1 label, $2 file
     printf "|%s|%s|%s|%s|%s|\n" "$(printf -- '-%.0s' {1..24})" "$(printf -- '-%.0s' {1..12})" \
         "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..14})"
     row "fp32 GEMMs" "$OUT/train-fp32.txt"
-    row "TF32 GEMMs" "$OUT/train-tf32.txt"
+    row "TF32 GEMMs (10 steps)" "$OUT/train-tf32.txt"
     echo
     echo "kernel checks: $KERNELS"
     echo "scoring: $NROWS rows, $ROWS_S rows/s (rubric score --backend cuda, one process)"

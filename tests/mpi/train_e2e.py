@@ -15,6 +15,9 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
                   uninterrupted run
   sigterm         SIGTERM in the middle of a run: checkpoint, exit 0; --resume auto finishes
                   with rows bitwise equal to the uninterrupted run
+  sigterm_score   with score_after_train, one process: SIGTERM checkpoints and exits 0
+                  without scoring; the run resumed on 2 workers finishes and scores every row
+                  once
   dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
                   the output names rank 2
   hung_worker     a worker stopped (SIGSTOP): the coordinator's deadline ends the job non-zero
@@ -223,6 +226,34 @@ def case_sigterm(r):
     return f"saved {saved[0]}, resumed run bitwise equal"
 
 
+def case_sigterm_score(r):
+    """score_after_train: skipped when a signal stops training; done by the resumed run."""
+    out = f"{r.root}/sigterm_score"
+    with open(f"{r.root}/train.jsonl") as f:
+        lines = f.readlines()[:6]
+    with open(f"{r.root}/score.jsonl", "w") as f:
+        f.writelines(lines)
+    extra = ["--set", f"score_after_train={r.root}/score.jsonl"]
+    p = train(r.root, out, 0, extra, popen=True)  # mpirun itself ends a job on SIGTERM
+    log = ""
+    for line in p.stdout:
+        log += line
+        if line.startswith("step 2/"):
+            p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=120)
+    preds = f"{out}/predictions-score.jsonl"
+    assert rc == 0, f"exit {rc} after SIGTERM:\n{log[-2000:]}"
+    assert "signal 15: checkpoint of step" in log, log[-2000:]
+    assert not os.path.exists(preds) and "score_after_train:" not in log, \
+        f"scored after an interrupted training:\n{log[-2000:]}"
+    p2 = train(r.root, out, 2, extra + ["--resume", "auto"])
+    assert os.path.exists(preds) and "score_after_train:" in p2.stdout, p2.stdout[-2000:]
+    with open(preds) as f:
+        got = [json.loads(l)["row"] for l in f]
+    assert got == list(range(len(lines))), f"predictions rows {got}"
+    return f"no scoring after SIGTERM; the resumed run scored {len(got)} rows"
+
+
 def case_dead_worker(r):
     t0 = time.time()
     p = train(r.root, f"{r.root}/dead", 2, env={"RUBRIC_TEST_DIE_AT_STEP": "2:1"}, check=False)
@@ -274,8 +305,8 @@ def case_hung_worker(r):
     return f"exit {rc} after {dt:.1f} s: " + log[log.index("no answer"):].split(" within")[0]
 
 
-CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "dead_worker",
-         "hung_worker"]
+CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "sigterm_score",
+         "dead_worker", "hung_worker"]
 
 
 def main():

@@ -202,11 +202,12 @@ def case_after_train(root, train, tests):
         fail(f"rubric score of the base model exited {rc}")
     with open(base) as f:
         base_preds = [json.loads(l) for l in f]
-    if base_preds == check_predictions(f"{root}/out/predictions-test.jsonl", tests["test"]):
+    trained = check_predictions(f"{root}/out/predictions-test.jsonl", tests["test"])
+    if base_preds == trained:
         fail("the base model scores like the trained adapter: the comparison proves nothing")
     print(f"after_train: {len(tests)} files scored on the training ranks, equal to "
-          f"`rubric score --adapter`; first predictions "
-          f"{[p['text'] for p in check_predictions(f'{root}/out/predictions-test.jsonl', tests['test'])][:4]}")
+          f"`rubric score --adapter`; trained {[p['text'] for p in trained][:3]}, base "
+          f"{[p['text'] for p in base_preds][:3]}")
 
 
 def case_missing_file(root, train, tests):
