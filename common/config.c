@@ -1047,6 +1047,28 @@ static int load_document(const char *label, const char *text, size_t len, int co
     return 0;
 }
 
+/* Parse cfg->yaml_text (len bytes) as the config named `label` and apply it over the
+ * defaults already in cfg. */
+static int config_parse_text(rubric_config *cfg, const char *label, size_t len, int strict)
+{
+    yaml_document_t doc;
+    int rc = load_document(label, cfg->yaml_text, len, 0, &doc);
+    if (rc)
+        return rc;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    load_ctx cx = {.file = label, .doc = &doc, .strict = strict};
+    if (!root || is_null(root))
+        rc = err_set(RB_EXIT_INPUT, "%s:1:1: the config is empty; expected a mapping of keys "
+                     "such as `base_model: Qwen/Qwen3-1.7B` (see docs/config.md)", label);
+    else if (root->type != YAML_MAPPING_NODE)
+        rc = expected(&cx, root, "config", "a mapping of keys (key: value lines)");
+    else
+        rc = apply_mapping(cfg, &cx, root);
+    cfg->strict = cfg->strict || cx.strict;
+    yaml_document_delete(&doc);
+    return rc;
+}
+
 int config_load(rubric_config *cfg, const char *path, int strict)
 {
     config_defaults(cfg);
@@ -1062,23 +1084,15 @@ int config_load(rubric_config *cfg, const char *path, int strict)
         return err_set(RB_EXIT_INPUT, "%s (give the path of an Axolotl-style YAML config, e.g. "
                        "jobs/example_axolotl.yml)", why);
     }
+    return config_parse_text(cfg, path, len, strict);
+}
 
-    /* parse, then apply the top-level mapping */
-    yaml_document_t doc;
-    if ((rc = load_document(path, cfg->yaml_text, len, 0, &doc)))
-        return rc;
-    yaml_node_t *root = yaml_document_get_root_node(&doc);
-    load_ctx cx = {.file = path, .doc = &doc, .strict = strict};
-    if (!root || is_null(root))
-        rc = err_set(RB_EXIT_INPUT, "%s:1:1: the config is empty; expected a mapping of keys "
-                     "such as `base_model: Qwen/Qwen3-1.7B` (see docs/config.md)", path);
-    else if (root->type != YAML_MAPPING_NODE)
-        rc = expected(&cx, root, "config", "a mapping of keys (key: value lines)");
-    else
-        rc = apply_mapping(cfg, &cx, root);
-    cfg->strict = cfg->strict || cx.strict;
-    yaml_document_delete(&doc);
-    return rc;
+int config_load_text(rubric_config *cfg, const char *label, const char *text, int strict)
+{
+    config_defaults(cfg);
+    cfg->strict = strict;
+    cfg->yaml_text = xstrdup(text ? text : "");
+    return config_parse_text(cfg, label, strlen(cfg->yaml_text), strict);
 }
 
 int config_set(rubric_config *cfg, const char *assignment)

@@ -123,6 +123,10 @@ void config_defaults(rubric_config *cfg);
  */
 int config_load(rubric_config *cfg, const char *path, int strict);
 
+/* The same for YAML text held in memory (e.g. the config stored in a checkpoint); `label`
+ * names it in messages. config_path stays NULL. */
+int config_load_text(rubric_config *cfg, const char *label, const char *text, int strict);
+
 /* Apply one "key=value" override (value parsed as YAML scalar or flow sequence). */
 int config_set(rubric_config *cfg, const char *assignment);
 

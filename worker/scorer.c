@@ -58,17 +58,9 @@ int scorer_adapter_config(const char *path, rubric_config *cfg)
     int rc = ckpt_read_meta(path, &meta);
     if (rc)
         return rc;
-    char tmp[] = "/tmp/rubric-adapter-config-XXXXXX";
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        ckpt_meta_free(&meta);
-        return err_set(RB_EXIT_RUNTIME, "cannot create a temporary file for %s's config", path);
-    }
-    size_t n = meta.config_yaml ? strlen(meta.config_yaml) : 0;
-    int ok = write(fd, meta.config_yaml ? meta.config_yaml : "", n) == (ssize_t)n;
-    close(fd);
-    rc = ok ? config_load(cfg, tmp, 0) : err_set(RB_EXIT_RUNTIME, "cannot write %s", tmp);
-    unlink(tmp);
+    char *label = xasprintf("%s:/state/config_yaml", path);
+    rc = config_load_text(cfg, label, meta.config_yaml, 0);
+    free(label);
     ckpt_meta_free(&meta);
     return rc ? err_prefix(rc, "%s: the config stored in the checkpoint", path) : 0;
 }
