@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "jsonl.h"
 #include "log.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -158,7 +159,11 @@ static int tokenize_stream(const tokenizer *tk, const tokenize_args *a, FILE *in
         size_t len = (size_t)n;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             len--;
-        rc = tokenize_line(tk, a, line, len, &ids, out);
+        if (len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0)
+            rc = err_set(RB_EXIT_INPUT, "line %ld starts with a UTF-8 byte-order mark (BOM), "
+                         "which is not JSON; save the file as UTF-8 without BOM", line_no);
+        else
+            rc = tokenize_line(tk, a, line, len, &ids, out);
         if (rc)
             err_prefix(rc, "%s:%ld", in_name, line_no);
     }
@@ -175,6 +180,12 @@ int cmd_tokenize(int argc, char **argv)
     int rc = tokenize_parse_args(argc, argv, &a);
     if (rc) {
         log_error("%s", err_msg());
+        return rc;
+    }
+
+    /* the input first (a directory or unreadable file is an error before any work) */
+    if (strcmp(a.input, "-") != 0 && (rc = jsonl_check_input(a.input, "--input"))) {
+        log_error("tokenize: %s", err_msg());
         return rc;
     }
 

@@ -1460,7 +1460,9 @@ int config_resolve_model(rubric_config *cfg)
 
     /* a local folder */
     if (path_is_dir(cfg->base_model)) {
-        cfg->base_model_dir = xstrdup(cfg->base_model);
+        /* absolute: checkpoints and exported adapters record it, read from other folders */
+        char *abs = realpath(cfg->base_model, NULL);
+        cfg->base_model_dir = abs ? abs : xstrdup(cfg->base_model);
     } else if (looks_like_hub_id(cfg->base_model)) {
         char *cache = hf_cache_dir();
         cfg->base_model_dir = hf_snapshot(cache, cfg->base_model);

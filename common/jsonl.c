@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "util.h"
@@ -19,9 +21,28 @@ const char *jsonl_status_name(int status)
     return status_names[status];
 }
 
+int jsonl_check_input(const char *path, const char *what)
+{
+    const char *hint = what ? what : "the path";
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check %s)", path, strerror(errno),
+                       hint);
+    if (S_ISDIR(sb.st_mode))
+        return err_set(RB_EXIT_INPUT, "%s is a directory (%s must name a JSONL file)", path,
+                       hint);
+    if (access(path, R_OK) != 0)
+        return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check %s)", path, strerror(errno),
+                       hint);
+    return 0;
+}
+
 int jsonl_open(jsonl_reader *r, const char *path)
 {
     memset(r, 0, sizeof *r);
+    int rc = jsonl_check_input(path, NULL);
+    if (rc)
+        return rc;
     r->fp = fopen(path, "rb");
     if (!r->fp)
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check the dataset path)", path,

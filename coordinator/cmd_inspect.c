@@ -1,22 +1,69 @@
-/* cmd_inspect.c: `rubric inspect FILE.h5`: print a training checkpoint readably. */
+/* cmd_inspect.c: `rubric inspect FILE.h5`: print a training checkpoint or a prepared dataset
+ * readably. */
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ckpt.h"
 #include "commands.h"
 #include "log.h"
+#include "prep.h"
 #include "util.h"
 
 static void inspect_usage(FILE *out)
 {
     fprintf(out,
-            "usage: rubric inspect [--no-config] CHECKPOINT.h5\n"
+            "usage: rubric inspect [--no-config] FILE.h5\n"
             "\n"
             "Print a training checkpoint: step, epoch, loss, learning-rate schedule, base model,\n"
             "the run's layout, each LoRA tensor with its shape and norm, which optimizer state\n"
             "is present, and the resolved config. The whole file is verified first (format\n"
             "version, completeness, every dataset's hash): a truncated, corrupt or foreign file\n"
             "is an error (exit 2). The layout is in docs/distributed.md; `h5dump -A FILE`\n"
-            "shows the same attributes with their descriptions.\n");
+            "shows the same attributes with their descriptions.\n"
+            "\n"
+            "A prepared dataset (dataset_prepared_path/<fingerprint>.h5, written by rubric prep)\n"
+            "is printed too: fingerprint, sequence_len, packing, samples, bins, and the report of\n"
+            "the build that wrote it (rows read, rejected by reason, duplicates, tokens, scores\n"
+            "per row). Any other file is an error (exit 2).\n");
+}
+
+/* HDF5's signature, at offset 0 or a user block of 512, 1024, 2048... bytes. */
+static int has_hdf5_signature(const char *path)
+{
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return 0;
+    int found = 0;
+    unsigned char buf[8];
+    for (long at = 0; !found && at <= (1L << 20); at = at ? 2 * at : 512) {
+        if (fseek(fp, at, SEEK_SET) != 0 || fread(buf, 1, 8, fp) != 8)
+            break;
+        found = memcmp(buf, sig, 8) == 0;
+    }
+    fclose(fp);
+    return found;
+}
+
+/* What kind of file path is, with an error for anything inspect cannot read. */
+static int inspect_check_file(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return err_set(RB_EXIT_INPUT, "%s does not exist", path);
+    if (S_ISDIR(sb.st_mode))
+        return err_set(RB_EXIT_INPUT, "%s is a directory; `rubric inspect` reads one "
+                       "checkpoint or prepared dataset file (.h5)", path);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return err_set(RB_EXIT_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    fclose(fp);
+    if (!has_hdf5_signature(path))
+        return err_set(RB_EXIT_INPUT, "%s is not an HDF5 file; `rubric inspect` reads "
+                       "checkpoints and prepared datasets (.h5)", path);
+    return 0;
 }
 
 int cmd_inspect(int argc, char **argv)
@@ -41,11 +88,9 @@ int cmd_inspect(int argc, char **argv)
         inspect_usage(stderr);
         return RB_EXIT_INPUT;
     }
-    if (!path_exists(path)) {
-        log_error("inspect: %s does not exist", path);
-        return RB_EXIT_INPUT;
-    }
-    int rc = ckpt_print(path, show_config);
+    int rc = inspect_check_file(path);
+    if (!rc)
+        rc = prep_is_dataset_file(path) ? prep_dataset_print(path) : ckpt_print(path, show_config);
     if (rc)
         log_error("inspect: %s", err_msg());
     return rc;

@@ -57,8 +57,10 @@ static const char score_summary[] =
     "cached per worker; --adapter takes rubric checkpoints (.h5), not PEFT folders.";
 
 static const char score_options_help[] =
-    "      --model DIR          Hugging Face model folder (default: base_model of the config\n"
-    "                           or of the adapter's checkpoint)\n"
+    "      --model DIR|ID       Hugging Face model folder, or a hub id in the local cache\n"
+    "                           (default: base_model of the config or of the adapter's\n"
+    "                           checkpoint); a `rubric merge` folder's rubric_config.yml gives\n"
+    "                           the prompt format and score range unless --config is given\n"
     "      --adapter CKPT.h5    rubric checkpoint; its stored config gives the prompt format,\n"
     "                           score range and base model unless set here\n"
     "      --input FILE         rows to score (JSONL)\n"
@@ -124,13 +126,111 @@ static int score_on_option(int opt, const char *arg, void *ctx)
     }
 }
 
+/* --model given as a hub id (not a folder): its snapshot in the Hugging Face cache, as
+ * training resolves base_model (with the same hint when it is not there). */
+static int resolve_model_arg(const char **model_dir)
+{
+    if (!*model_dir || path_is_dir(*model_dir))
+        return 0;
+    rubric_config mc;
+    config_defaults(&mc);
+    mc.config_path = xstrdup("--model");
+    mc.base_model = xstrdup(*model_dir);
+    int rc = config_resolve_model(&mc);
+    if (!rc)
+        *model_dir = xstrdup(mc.base_model_dir); /* lives until exit */
+    config_free(&mc);
+    return rc;
+}
+
+/* A folder path relative to the checkpoint's folder, when it exists there (else NULL). */
+static char *beside_checkpoint(const char *ckpt, const char *rel)
+{
+    if (!rel || rel[0] == '/')
+        return NULL;
+    const char *slash = strrchr(ckpt, '/');
+    if (!slash)
+        return NULL;
+    char *p = xasprintf("%.*s/%s", (int)(slash - ckpt), ckpt, rel);
+    if (path_is_dir(p))
+        return p;
+    free(p);
+    return NULL;
+}
+
+/* The base model of an adapter's stored config: a folder (as stored, from the current folder
+ * or the checkpoint's), or a hub id in the cache. The error names the checkpoint and says to
+ * pass --model. */
+static int resolve_adapter_base(const char *ckpt, rubric_config *ac, const char **model_dir)
+{
+    if (ac->base_model_dir) {
+        *model_dir = xstrdup(ac->base_model_dir);
+        return 0;
+    }
+    char *near = beside_checkpoint(ckpt, ac->base_model);
+    if (near) {
+        *model_dir = near; /* lives until exit */
+        return 0;
+    }
+    int rc = config_resolve_model(ac);
+    if (!rc) {
+        *model_dir = xstrdup(ac->base_model_dir);
+        return 0;
+    }
+    if (!path_exists(ac->base_model) && strchr(ac->base_model, '/') &&
+        ac->base_model[0] != '/' && ac->base_model[0] != '.' && !strchr(ac->base_model, '\\') &&
+        strchr(ac->base_model, '/') == strrchr(ac->base_model, '/')) {
+        /* an org/name hub id: the cache hint says how to fetch it */
+        char *why = xstrdup(err_msg());
+        rc = err_set(RB_EXIT_INPUT, "%s: %s; or pass --model DIR (the base model folder)",
+                     ckpt, why);
+        free(why);
+        return rc;
+    }
+    return err_set(RB_EXIT_INPUT, "%s: the base model it was trained on, '%s' (base_model of "
+                   "its stored config), is not a folder here nor beside the checkpoint: pass "
+                   "--model DIR (the base model folder)", ckpt, ac->base_model);
+}
+
+/* A merged model folder (`rubric merge`) keeps its training config in rubric_config.yml:
+ * without --config and --adapter it gives the prompt format and score range. */
+static int merged_model_config(score_options *o)
+{
+    char *path = xasprintf("%s/rubric_config.yml", o->model_dir);
+    if (!path_exists(path)) {
+        free(path);
+        return 0;
+    }
+    rubric_config mcfg;
+    int rc = config_load(&mcfg, path, 0);
+    if (!rc) {
+        const char *model_dir = o->model_dir, *tok = o->tokenizer_dir;
+        rc = score_options_from_config(o, &mcfg);
+        o->model_dir = model_dir;
+        o->tokenizer_dir = tok;
+        o->eos_token = o->eos_token ? xstrdup(o->eos_token) : NULL; /* lives until exit */
+        if (!rc && cli_launch_rank() == 0)
+            log_info("%s: prompt format and score range %d..%d from the merged model's "
+                     "training config", path, o->score_min, o->score_max);
+    } else {
+        rc = err_prefix(rc, "the merged model's training config (give --config FILE to score "
+                        "with another)");
+    }
+    config_free(&mcfg);
+    free(path);
+    return rc;
+}
+
 /* What the command line did not set comes from the config, then from the adapter's config. */
 static int resolve_options(score_cli *sc, rubric_config *cfg)
 {
     score_options *o = &sc->o;
     score_options cl = *o;
     int rc = 0;
-    if (!o->model_dir && !o->fake_model && cfg->base_model && !cfg->base_model_dir)
+    if (!o->fake_model)
+        rc = resolve_model_arg(&o->model_dir);
+    cl.model_dir = o->model_dir;
+    if (!rc && !o->model_dir && !o->fake_model && cfg->base_model && !cfg->base_model_dir)
         rc = config_resolve_model(cfg); /* a hub id: its folder in the Hugging Face cache */
     if (!rc)
         rc = score_options_from_config(o, cfg);
@@ -150,13 +250,12 @@ static int resolve_options(score_cli *sc, rubric_config *cfg)
             if (o->eos_token && o->eos_token == ac.eos_token)
                 o->eos_token = xstrdup(ac.eos_token);
         }
-        if (!rc && !o->model_dir && ac.base_model) {
-            rc = ac.base_model_dir ? 0 : config_resolve_model(&ac);
-            if (!rc)
-                o->model_dir = xstrdup(ac.base_model_dir); /* lives until exit */
-        }
+        if (!rc && !o->model_dir && ac.base_model)
+            rc = resolve_adapter_base(o->adapter, &ac, &o->model_dir);
         config_free(&ac);
     }
+    if (!rc && cl.model_dir && !o->adapter && !cfg->config_path && !o->fake_model)
+        rc = merged_model_config(o);
     if (rc)
         return rc;
     if (cl.model_dir)

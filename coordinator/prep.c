@@ -456,18 +456,32 @@ static void write_reject(prep_ctx *c, const char *path, int64_t line, int reason
     free(clean);
 }
 
+/* The strict-mode error for the first bad row ("FILE:LINE: reason: detail"). */
+static int strict_error(const char *first_reject)
+{
+    return err_set(RB_EXIT_INPUT, "%s (strict: true stops at the first bad row; without it bad "
+                   "rows are skipped, counted and listed in rejects.jsonl)", first_reject);
+}
+
 /* Count a bad row and write it to the rejects file; in strict mode it is the error. */
 static int reject_row(prep_ctx *c, const char *path, int64_t line, int reason,
                       const char *detail, const char *text, size_t len)
 {
+    if (c->st->rejected_total == 0) {
+        snprintf(c->st->first_reject, sizeof c->st->first_reject, "%s:%lld: %s: %s", path,
+                 (long long)line, prep_reason_name(reason), detail);
+        for (int k = 0; k < c->cfg->n_datasets; k++)
+            if (strcmp(c->cfg->datasets[k].path, path) == 0) {
+                c->st->first_reject_file = k;
+                break;
+            }
+        c->st->first_reject_at = (int)RB_MIN(strlen(path) + 1, sizeof c->st->first_reject - 1);
+    }
     c->st->rejected[reason]++;
     c->st->rejected_total++;
     write_reject(c, path, line, reason, detail, text, len);
     if (c->cfg->strict)
-        return err_set(RB_EXIT_INPUT, "%s:%lld: %s: %s (strict: true stops at the first bad "
-                       "row; without it bad rows are skipped, counted and listed in "
-                       "rejects.jsonl)", path, (long long)line, prep_reason_name(reason),
-                       detail);
+        return strict_error(c->st->first_reject);
     return 0;
 }
 
@@ -1253,6 +1267,9 @@ static void fp_str(XXH3_state_t *s, const char *str)
  * changed byte, at the cost of reading the inputs once per run. */
 static int fp_file(XXH3_state_t *s, const char *path)
 {
+    int rc = jsonl_check_input(path, "the dataset path");
+    if (rc)
+        return rc;
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check the dataset path)", path,
@@ -1264,11 +1281,11 @@ static int fp_file(XXH3_state_t *s, const char *path)
         fp_add(s, buf, n);
         total += n;
     }
-    int bad = ferror(fp);
+    int bad = ferror(fp) ? (errno ? errno : EIO) : 0;
     fclose(fp);
     free(buf);
     fp_add(s, &total, sizeof total);
-    return bad ? err_set(RB_EXIT_RUNTIME, "%s: read error", path) : 0;
+    return bad ? err_set(RB_EXIT_RUNTIME, "%s: read error: %s", path, strerror(bad)) : 0;
 }
 
 static int compute_fingerprint(const rubric_config *cfg, const tokenizer *tk,
@@ -1509,6 +1526,15 @@ void prep_build_batch(const prep_dataset *ds, const int64_t *bins, int n_bins,
 /* the report                                                                                */
 /* ======================================================================================== */
 
+/* rejects.jsonl next to the cache file (malloc'ed). */
+static char *rejects_path_of(const char *cache_path)
+{
+    const char *slash = cache_path ? strrchr(cache_path, '/') : NULL;
+    if (!slash)
+        return xstrdup("rejects.jsonl");
+    return xasprintf("%.*s/rejects.jsonl", (int)(slash - cache_path), cache_path);
+}
+
 static json_t *stats_json(const prep_stats *st, const char *cache_path)
 {
     json_t *rej = json_object();
@@ -1519,6 +1545,12 @@ static json_t *stats_json(const prep_stats *st, const char *cache_path)
     json_object_set_new(o, "rows_read", json_integer(st->rows_read));
     json_object_set_new(o, "rejected", json_integer(st->rejected_total));
     json_object_set_new(o, "rejected_by_reason", rej);
+    json_object_set_new(o, "first_reject", json_string(st->first_reject));
+    json_object_set_new(o, "first_reject_file", json_integer(st->first_reject_file));
+    json_object_set_new(o, "first_reject_at", json_integer(st->first_reject_at));
+    char *rejects = rejects_path_of(cache_path);
+    json_object_set_new(o, "rejects", json_string(st->rejected_total ? rejects : ""));
+    free(rejects);
     json_object_set_new(o, "duplicates", json_integer(st->duplicates));
     json_object_set_new(o, "too_long", json_integer(st->too_long));
     json_object_set_new(o, "no_supervised_tokens", json_integer(st->no_supervised));
@@ -1570,6 +1602,10 @@ static void stats_from_json(prep_stats *st, const char *text)
     json_t *rej = json_object_get(o, "rejected_by_reason");
     for (int r = 1; r < PREP_N_REASONS; r++)
         st->rejected[r] = json_integer_value(json_object_get(rej, prep_reason_name(r)));
+    const char *first = json_string_value(json_object_get(o, "first_reject"));
+    snprintf(st->first_reject, sizeof st->first_reject, "%s", first ? first : "");
+    st->first_reject_file = (int)json_integer_value(json_object_get(o, "first_reject_file"));
+    st->first_reject_at = (int)json_integer_value(json_object_get(o, "first_reject_at"));
     st->score_dataset = json_is_true(json_object_get(o, "score_dataset"));
     st->packing_efficiency = json_number_value(json_object_get(o, "packing_efficiency"));
     st->seconds = json_number_value(json_object_get(o, "seconds"));
@@ -1577,15 +1613,18 @@ static void stats_from_json(prep_stats *st, const char *text)
     json_decref(o);
 }
 
-void prep_stats_print(const prep_stats *st, const char *cache_path)
+static void print_stats_table(const prep_stats *st, const char *cache_path)
 {
-    printf("rubric prep: %s%s\n", cache_path ? cache_path : "",
-           st->cache_reused ? " (reused: fingerprint matches)" : "");
     printf("  %-28s %12lld\n", "rows read", (long long)st->rows_read);
     printf("  %-28s %12lld\n", "rejected", (long long)st->rejected_total);
     for (int r = 1; r < PREP_N_REASONS; r++)
         if (st->rejected[r])
             printf("    %-26s %12lld\n", prep_reason_name(r), (long long)st->rejected[r]);
+    if (st->rejected_total) {
+        char *rejects = rejects_path_of(cache_path);
+        printf("    %-26s %s\n", "listed in", rejects);
+        free(rejects);
+    }
     printf("  %-28s %12lld\n", "duplicates", (long long)st->duplicates);
     printf("  %-28s %12lld\n", "too long (> sequence_len)", (long long)st->too_long);
     printf("  %-28s %12lld\n", "no supervised tokens", (long long)st->no_supervised);
@@ -1603,6 +1642,86 @@ void prep_stats_print(const prep_stats *st, const char *cache_path)
     printf("  %-28s %11.1f%%\n", "packing efficiency", 100.0 * st->packing_efficiency);
     printf("  %-28s %11.2fs\n", "time", st->seconds);
     printf("  %-28s %12.0f\n", "rows/s", st->rows_per_s);
+}
+
+void prep_stats_print(const prep_stats *st, const char *cache_path)
+{
+    printf("rubric prep: %s%s\n", cache_path ? cache_path : "",
+           st->cache_reused ? " (reused: fingerprint matches)" : "");
+    print_stats_table(st, cache_path);
+}
+
+int prep_is_dataset_file(const char *path)
+{
+    h5_quiet q;
+    h5_quiet_on(&q);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    int yes = 0;
+    if (f >= 0) {
+        yes = H5Aexists(f, "fingerprint") > 0 && H5Aexists(f, "report") > 0;
+        H5Fclose(f);
+    }
+    h5_quiet_off(&q);
+    err_clear();
+    return yes;
+}
+
+/* The fingerprint and report attributes of a prepared dataset (malloc'ed, NULL if absent). */
+static void read_identity(const char *path, char **fingerprint, char **report)
+{
+    h5_quiet q;
+    h5_quiet_on(&q);
+    *fingerprint = *report = NULL;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f >= 0) {
+        *fingerprint = h5_get_str(f, "fingerprint");
+        *report = h5_get_str(f, "report");
+        H5Fclose(f);
+    }
+    h5_quiet_off(&q);
+    err_clear();
+}
+
+int prep_dataset_print(const char *path)
+{
+    /* open it as training does: every dataset read and checked, tokens left on disk */
+    prep_dataset *ds;
+    int rc = prep_dataset_open_ex(&ds, path, 0);
+    if (rc)
+        return rc;
+    char *fingerprint, *report;
+    read_identity(path, &fingerprint, &report);
+    prep_stats st;
+    memset(&st, 0, sizeof st);
+    if (report)
+        stats_from_json(&st, report);
+
+    /* the file's own layout */
+    int64_t val = 0;
+    for (int64_t i = 0; i < ds->n_samples; i++)
+        val += ds->split[i];
+    printf("prepared dataset: %s\n", path);
+    printf("  %-28s %12s\n", "fingerprint", fingerprint ? fingerprint : "?");
+    printf("  %-28s %12d\n", "format version", PREP_FORMAT_VERSION);
+    printf("  %-28s %12d\n", "sequence_len", ds->sequence_len);
+    printf("  %-28s %12s\n", "sample packing", ds->sample_packing ? "on" : "off");
+    printf("  %-28s %12lld\n", "samples (train + val)", (long long)ds->n_samples);
+    printf("  %-28s %12lld\n", "  val samples", (long long)val);
+    printf("  %-28s %12lld\n", "bins (train + val)", (long long)ds->n_bins);
+    printf("  %-28s %12lld\n", "  train bins", (long long)ds->n_train_bins);
+    printf("  %-28s %12u\n", "pad id", ds->pad_id);
+
+    /* the report of the build that wrote it */
+    if (report) {
+        printf("the build's report:\n");
+        print_stats_table(&st, path);
+    } else {
+        printf("(no build report stored in the file)\n");
+    }
+    free(fingerprint);
+    free(report);
+    prep_dataset_close(ds);
+    return 0;
 }
 
 /* ======================================================================================== */
@@ -1727,6 +1846,39 @@ static int build_dataset(prep_ctx *c, const rubric_config *cfg, prep_dataset **o
 }
 
 
+/* A reused cache under strict: true. Its build skipped bad rows that a strict build stops at,
+ * so the first of them is the same error a fresh strict build gives. Returns 0 (reuse it),
+ * RB_EXIT_INPUT (that error), or -1: the report predates first_reject, rebuild. */
+static int reuse_check_strict(const rubric_config *cfg, const prep_stats *st, const char *path)
+{
+    if (!cfg->strict || st->rejected_total == 0)
+        return 0;
+    int k = st->first_reject_file, at = st->first_reject_at;
+    if (!st->first_reject[0] || k < 0 || k >= cfg->n_datasets || at < 1 ||
+        at >= (int)strlen(st->first_reject))
+        return -1;
+    log_info("prep: %s matches, but its build skipped %lld bad rows and strict is on",
+             path, (long long)st->rejected_total);
+
+    /* the file by this config's path (the cache matches content, not names) */
+    char *where = xasprintf("%s:%s", cfg->datasets[k].path, st->first_reject + at);
+    int rc = strict_error(where);
+    free(where);
+    return rc;
+}
+
+/* One warning per reject reason, with the count and where the rows are listed. */
+static void warn_rejects(const prep_stats *st, const char *prepared_dir)
+{
+    if (st->rejected_total == 0)
+        return;
+    for (int r = 1; r < PREP_N_REASONS; r++)
+        if (st->rejected[r])
+            log_warn("prep: rejected %lld of %lld rows (%s); see %s/rejects.jsonl",
+                     (long long)st->rejected[r], (long long)st->rows_read,
+                     prep_reason_name(r), prepared_dir);
+}
+
 int prep_cache_path(const rubric_config *cfg, const tokenizer *tk, char **path)
 {
     enum prompt_style style;
@@ -1786,10 +1938,20 @@ int prep_run(const rubric_config *cfg, const tokenizer *tk, char **cache_path,
         stats_from_json(stats, report);
         stats->cache_reused = 1;
         free(report);
-        h5_quiet_off(&q);
-        log_info("prep: reusing %s (fingerprint %s matches)", path, fp);
-        *cache_path = path;
-        return 0;
+        rc = reuse_check_strict(cfg, stats, path);
+        if (rc != -1) {
+            h5_quiet_off(&q);
+            if (rc) {
+                free(path);
+                return rc;
+            }
+            log_info("prep: reusing %s (fingerprint %s matches)", path, fp);
+            warn_rejects(stats, cfg->dataset_prepared_path);
+            *cache_path = path;
+            return 0;
+        }
+        memset(stats, 0, sizeof *stats); /* an old report: rebuild to find the bad row */
+        rc = 0;
     }
     log_info("prep: building %s (%s prompts, sequence_len %d)", path, prompt_style_name(style),
              cfg->sequence_len);
@@ -1832,6 +1994,7 @@ int prep_run(const rubric_config *cfg, const tokenizer *tk, char **cache_path,
         free(path);
         return rc;
     }
+    warn_rejects(stats, cfg->dataset_prepared_path);
     *cache_path = path;
     return 0;
 }

@@ -60,6 +60,11 @@ typedef struct {
     double seconds;                     /* the build (0 when the cache was reused) */
     double rows_per_s;
     int cache_reused;
+    /* "FILE:LINE: reason: detail" of the first rejected row ("" when none): what a strict
+     * build stops at, kept in the report so a strict run reusing the cache fails the same way */
+    char first_reject[2048];
+    int first_reject_file;              /* its dataset's index in the config */
+    int first_reject_at;                /* where "LINE: ..." starts in first_reject */
 } prep_stats;
 
 /* Run the pipeline, or reuse the cache when its fingerprint matches. *cache_path (malloc'ed)
@@ -74,6 +79,15 @@ int prep_cache_path(const rubric_config *cfg, const tokenizer *tk, char **path);
 /* Print the report table (stdout) and return it as JSON (caller json_decref's). */
 void prep_stats_print(const prep_stats *st, const char *cache_path);
 char *prep_stats_to_json(const prep_stats *st, const char *cache_path);
+
+/* 1 when path is an HDF5 file written by rubric prep (it carries the fingerprint and report
+ * attributes), else 0. Never sets an error. */
+int prep_is_dataset_file(const char *path);
+
+/* Print a prepared dataset readably (rubric inspect): fingerprint, format version,
+ * sequence_len, packing, samples, bins, tokens, scores per row and the report of its build.
+ * The file is opened and checked as training opens it. Returns 0 or RB_EXIT_INPUT. */
+int prep_dataset_print(const char *path);
 
 /* ---- the prepared dataset, as every rank reads it ---------------------------------------- */
 

@@ -51,6 +51,8 @@ static void buf_reserve(byte_buf *b, size_t extra)
 
 static void buf_put(byte_buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return; /* an empty line: b->data may still be NULL (memcpy's arguments must not be) */
     buf_reserve(b, n);
     memcpy(b->data + b->len, p, n);
     b->len += n;
@@ -456,6 +458,28 @@ static int fsync_file(FILE *fp, const char *path)
     return 0;
 }
 
+/* Which part of the journal header differs (the first key, sorted), for the message. */
+static int journal_mismatch(const char *path, json_t *have, json_t *want)
+{
+    const char *key;
+    json_t *w;
+    json_object_foreach(want, key, w) {
+        json_t *h = have ? json_object_get(have, key) : NULL;
+        if (h && json_equal(h, w))
+            continue;
+        char *hs = h ? json_dumps(h, JSON_ENCODE_ANY) : NULL;
+        char *ws = json_dumps(w, JSON_ENCODE_ANY);
+        int rc = err_set(RB_EXIT_INPUT, "--resume: %s belongs to a run with other inputs or "
+                         "options: its %s is %s, this run's is %s; drop --resume to start "
+                         "over (or give the same --input and options)", path, key, hs ? hs : "missing", ws);
+        free(hs);
+        free(ws);
+        return rc;
+    }
+    return err_set(RB_EXIT_INPUT, "%s: this journal belongs to a run with other inputs or "
+                   "options; drop --resume to start over", path);
+}
+
 /* Read the journal: the header must match, and the last complete commit gives the rows and
  * output bytes already safe. */
 static int journal_read(const char *path, const char *want_header, int64_t *rows,
@@ -471,9 +495,7 @@ static int journal_read(const char *path, const char *want_header, int64_t *rows
     json_t *have = n > 0 ? json_loads(line, 0, NULL) : NULL;
     json_t *want = json_loads(want_header, 0, NULL);
     if (!have || !json_equal(have, want))
-        rc = err_set(RB_EXIT_INPUT, "%s: this journal belongs to a run with other inputs or "
-                     "options (input file, its size or date, chunk size, score shape, model); "
-                     "drop --resume to start over", path);
+        rc = journal_mismatch(path, have, want);
     *rows = *bytes = 0;
     while (!rc && (n = getline(&line, &cap, fp)) > 0) {
         long long r, b;
@@ -840,6 +862,90 @@ static int infer_k(const score_options *o, int *k)
     return rc;
 }
 
+/* --input must be a readable file, --output must not be a folder nor the input itself (the
+ * predictions would replace the rows), and neither may be the output's side files. */
+static int check_paths(const score_options *o)
+{
+    int rc = jsonl_check_input(o->input, "--input");
+    if (rc)
+        return rc;
+    if (path_is_dir(o->output))
+        return err_set(RB_EXIT_INPUT, "--output %s is a directory: give a file name (e.g. "
+                       "%s/preds.jsonl)", o->output, o->output);
+    struct stat si, so;
+    int same = strcmp(o->input, o->output) == 0 ||
+               (stat(o->input, &si) == 0 && stat(o->output, &so) == 0 &&
+                si.st_dev == so.st_dev && si.st_ino == so.st_ino);
+    if (same)
+        return err_set(RB_EXIT_INPUT, "--output %s is the input file: the predictions would "
+                       "replace the rows; give another --output", o->output);
+    char *partial = xasprintf("%s.partial", o->output);
+    char *journal = xasprintf("%s.journal", o->output);
+    if (strcmp(o->input, partial) == 0 || strcmp(o->input, journal) == 0)
+        rc = err_set(RB_EXIT_INPUT, "--input %s is a side file of --output %s; give another "
+                     "--output", o->input, o->output);
+    free(partial);
+    free(journal);
+    return rc;
+}
+
+/* The lines of a file (a final line without '\n' counts), or -1 with err_set. */
+static int64_t count_lines(const char *path)
+{
+    jsonl_reader r;
+    if (jsonl_open(&r, path))
+        return -1;
+    int64_t n = 0;
+    int got;
+    while ((got = jsonl_next(&r)) > 0)
+        n++;
+    jsonl_close(&r);
+    return got < 0 ? -1 : n;
+}
+
+/* A --resume of a finished run (no journal left) must be of the same input: the output has
+ * one line per input line, made after the input was last changed. */
+static int check_complete_resume(const score_options *o)
+{
+    char *journal = xasprintf("%s.journal", o->output);
+    char *partial = xasprintf("%s.partial", o->output);
+    int complete = o->resume && !path_exists(journal) && !path_exists(partial) &&
+                   path_exists(o->output);
+    free(journal);
+    free(partial);
+    if (!complete)
+        return 0;
+    int64_t n_in = count_lines(o->input), n_out = count_lines(o->output);
+    if (n_in < 0 || n_out < 0)
+        return err_prefix(RB_EXIT_INPUT, "--resume");
+    if (n_in != n_out)
+        return err_set(RB_EXIT_INPUT, "--resume: %s is a finished run of %lld rows, but %s has "
+                       "%lld lines: it was made from another input; drop --resume to score "
+                       "%s again (or give another --output)", o->output, (long long)n_out,
+                       o->input, (long long)n_in, o->input);
+    struct stat si, so;
+    if (stat(o->input, &si) == 0 && stat(o->output, &so) == 0 && si.st_mtime > so.st_mtime)
+        return err_set(RB_EXIT_INPUT, "--resume: %s changed after %s was finished: drop "
+                       "--resume to score it again", o->input, o->output);
+    return 0;
+}
+
+/* --resume of an interrupted run: its journal must be of this input and these options
+ * (checked again when the run opens it; here before any model loads). */
+static int check_journal(const score_options *o, int k)
+{
+    char *journal = xasprintf("%s.journal", o->output);
+    int rc = 0;
+    if (o->resume && path_exists(journal)) {
+        char *header = journal_header(o, k);
+        int64_t rows, bytes;
+        rc = journal_read(journal, header, &rows, &bytes);
+        free(header);
+    }
+    free(journal);
+    return rc;
+}
+
 /* Checks of rank 0 before anything is written. */
 static int score_prepare(const score_options *o, int *k)
 {
@@ -855,8 +961,15 @@ static int score_prepare(const score_options *o, int *k)
                        o->score_max);
     if (!path_exists(o->input))
         return err_set(RB_EXIT_INPUT, "%s: no such file (check --input)", o->input);
+    int rc = check_paths(o);
+    if (!rc)
+        rc = check_complete_resume(o);
+    if (rc)
+        return rc;
     *k = o->k;
-    int rc = o->k > 0 ? 0 : infer_k(o, k);
+    rc = o->k > 0 ? 0 : infer_k(o, k);
+    if (!rc)
+        rc = check_journal(o, *k);
     if (rc)
         return rc;
     char *dir = xstrdup(o->output);
@@ -865,7 +978,8 @@ static int score_prepare(const score_options *o, int *k)
     return rc;
 }
 
-/* Read the truth of an input line: 1 with scores, 0 with no "output", -1 when unusable. */
+/* Read the truth of an input line: 1 with scores, 0 with no "output", -1 when the line is not
+ * a JSON object, -2 when its "output" is not k scores in lo..hi. */
 static int truth_of(const char *line, size_t len, int k, int lo, int hi, int *scores)
 {
     json_t *obj = NULL;
@@ -876,10 +990,18 @@ static int truth_of(const char *line, size_t len, int k, int lo, int hi, int *sc
              : json_is_string(out) &&
                      score_parse_answer(json_string_value(out), k, lo, hi, scores) == 0
                  ? 1
-                 : -1;
+                 : -2;
+    if (rc == -2 && !json_is_string(out))
+        err_set(RB_EXIT_INPUT, "\"output\" is not a string");
     json_decref(obj);
     return rc;
 }
+
+/* Rows the metrics could not use because of their "output" (the first one's line and why). */
+typedef struct {
+    int64_t n, first_line;
+    char why[160];
+} truth_problems;
 
 /* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
  * -1 when the line is not ours. */
@@ -923,7 +1045,7 @@ static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, i
 }
 
 static int metrics_zip(const score_options *o, const char *preds_path, metrics_acc *m,
-                       metrics_acc *base, const int *modes)
+                       metrics_acc *base, const int *modes, truth_problems *tp)
 {
     jsonl_reader in, pr;
     int rc = jsonl_open(&in, o->input);
@@ -942,8 +1064,13 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
         if (have_pred < 0)
             rc = err_set(RB_EXIT_RUNTIME, "%s:%lld: not a prediction line", preds_path,
                          (long long)pr.lineno);
-        else if (have_truth < 0 || have_pred == 0)
+        else if (have_truth < 0 || have_pred == 0) {
             metrics_add_bad(m), metrics_add_bad(base);
+            if (have_truth == -2 && have_pred == 1 && tp->n++ == 0) {
+                tp->first_line = (long long)in.lineno;
+                snprintf(tp->why, sizeof tp->why, "%s", err_msg());
+            }
+        }
         else if (have_truth == 0)
             metrics_add_unlabelled(m), metrics_add_unlabelled(base);
         else {
@@ -954,6 +1081,23 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
     jsonl_close(&in);
     jsonl_close(&pr);
     return rc;
+}
+
+/* How the metrics' row counts relate to the scoring summary's (a bad row of the metrics is a
+ * bad input row, or a scored row whose "output" cannot be compared), and a hint when the
+ * truths do not have the expected shape (--num-scores, score range). */
+static void log_truth_problems(const char *input, const metrics_acc *m, const truth_problems *tp)
+{
+    long long bad = (long long)m->counts[METRICS_BAD];
+    if (tp->n > 0)
+        log_warn("%s: %lld scored row%s left out of the metrics: their \"output\" is not %d "
+                 "scores in %d..%d (first: line %lld: %s); check --num-scores and the score "
+                 "range (score_min/score_max)", input, (long long)tp->n, tp->n == 1 ? "" : "s",
+                 m->k, m->score_min, m->score_max, (long long)tp->first_line, tp->why);
+    log_info("metrics rows: %lld compared with their \"output\", %lld bad (%lld bad input "
+             "rows or predictions, %lld unusable \"output\"), %lld without \"output\"",
+             (long long)m->counts[METRICS_ROWS], bad, bad - (long long)tp->n, (long long)tp->n,
+             (long long)m->counts[METRICS_UNLABELLED]);
 }
 
 int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,
@@ -972,8 +1116,11 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
     metrics_acc m, base;
     metrics_init(&m, k, o->score_min, o->score_max);
     metrics_init(&base, k, o->score_min, o->score_max);
-    rc = metrics_zip(o, preds_path, &m, &base, modes);
+    truth_problems tp = {0};
+    rc = metrics_zip(o, preds_path, &m, &base, modes, &tp);
     *labelled = m.counts[METRICS_ROWS] > 0;
+    if (!rc)
+        log_truth_problems(o->input, &m, &tp);
     if (!rc && *labelled) {
         metrics_print(stdout, &m, &base, modes);
         fflush(stdout);

@@ -1,12 +1,14 @@
 /* train.c: the training run: setup on every rank, then rank 0's loop over optimizer steps. */
 #include "train.h"
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ckpt.h"
 #include "log.h"
@@ -42,12 +44,44 @@ typedef struct {
 
 static volatile sig_atomic_t train_signal;
 
-static void on_stop_signal(int sig) { train_signal = sig; }
+static void on_stop_signal(int sig)
+{
+    if (sig == SIGINT) {
+        /* Ctrl-C: save like SIGTERM; a second Ctrl-C ends the process at once */
+        static const char msg[] = "\nrubric: interrupted: a checkpoint is saved after this step "
+                                  "(Ctrl-C again to exit at once, without it)\n";
+        signal(SIGINT, SIG_DFL);
+        ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)n;
+    }
+    train_signal = sig;
+}
+
+static int sigint_installed;
+
+/* One process without a launcher: Ctrl-C reaches rubric itself and is handled like SIGTERM
+ * (under mpirun, the launcher turns it into a SIGTERM to every rank). */
+static void install_sigint(void)
+{
+    if (signal(SIGINT, on_stop_signal) == SIG_IGN)
+        signal(SIGINT, SIG_IGN); /* started ignoring it (nohup, a background job): keep so */
+    else
+        sigint_installed = 1;
+}
 
 void train_install_signals(int is_coordinator)
 {
+    /* judged at the first call, before MPI_Init (a singleton MPI sets launcher variables) */
+    static int checked, alone;
+    if (!checked) {
+        checked = 1;
+        alone = !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMIX_RANK") &&
+                !getenv("PMI_RANK") && !getenv("PMI_SIZE") && !getenv("SLURM_STEP_ID");
+    }
     signal(SIGTERM, is_coordinator ? on_stop_signal : SIG_IGN);
     signal(SIGUSR1, is_coordinator ? on_stop_signal : SIG_IGN);
+    if (is_coordinator && alone && !train_signal)
+        install_sigint();
 }
 
 void train_options_defaults(train_options *o)
@@ -306,6 +340,94 @@ static int resume(trainer *t, int64_t *start)
     return rc;
 }
 
+/* The step of "checkpoint-<step>.h5" (a finished name, not a .tmp), or -1. */
+static int64_t ckpt_name_step(const char *name)
+{
+    char *end;
+    if (strncmp(name, "checkpoint-", 11) != 0)
+        return -1;
+    long long step = strtoll(name + 11, &end, 10);
+    return end != name + 11 && strcmp(end, ".h5") == 0 ? step : -1;
+}
+
+/*
+ * Rank 0, before any work: a run that does not resume must not write into an output_dir
+ * holding an earlier run's checkpoints (they would be mixed with the new ones, and `auto` or
+ * export-adapter would pick the old newest one). Like HF Trainer's overwrite_output_dir.
+ */
+static int check_fresh_output_dir(const trainer *t)
+{
+    if (t->opt->resume || t->opt->requeue || t->cfg->resume_from_checkpoint)
+        return 0;
+    DIR *d = opendir(t->cfg->output_dir);
+    if (!d)
+        return 0;
+    int64_t newest = -1;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        newest = RB_MAX(newest, ckpt_name_step(e->d_name));
+    closedir(d);
+    if (newest < 0)
+        return 0;
+    return err_set(RB_EXIT_INPUT, "output_dir %s already holds checkpoints of an earlier run "
+                   "(newest: checkpoint-%" PRId64 ".h5); continue it with --resume auto, or "
+                   "choose another output_dir, or delete them", t->cfg->output_dir, newest);
+}
+
+/*
+ * Rank 0: metrics.jsonl of a run resumed from step `start` keeps only the rows of steps
+ * <= start (training and evaluation), so that the steps redone after the checkpoint appear
+ * once; rewritten atomically. A run from step 0 starts a fresh log.
+ */
+static int trim_metrics(const char *mpath, int64_t start)
+{
+    FILE *in = fopen(mpath, "r");
+    if (!in)
+        return 0;
+    atomic_file af;
+    int rc = atomic_file_open(&af, mpath);
+    if (rc) {
+        fclose(in);
+        return rc;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int64_t lineno = 0, dropped = 0;
+    while (getline(&line, &cap, in) >= 0) {
+        lineno++;
+        json_t *row = json_loads(line, 0, NULL);
+        json_t *step = row ? json_object_get(row, "step") : NULL;
+        if (json_is_integer(step) && json_integer_value(step) <= start) {
+            fputs(line, af.fp);
+            if (line[strlen(line) - 1] != '\n')
+                fputc('\n', af.fp);
+        } else
+            dropped++;
+        json_decref(row);
+    }
+    free(line);
+    fclose(in);
+    rc = atomic_file_commit(&af);
+    if (rc)
+        return err_prefix(rc, "rewriting %s", mpath);
+    if (dropped)
+        log_info("%s: dropped %" PRId64 " of %" PRId64 " rows past step %" PRId64
+                 " (redone after the checkpoint)", mpath, dropped, lineno, start);
+    return 0;
+}
+
+static void open_metrics(trainer *t, int64_t start)
+{
+    char *mpath = xasprintf("%s/metrics.jsonl", t->cfg->output_dir);
+    int rc = start > 0 ? trim_metrics(mpath, start) : 0;
+    if (rc)
+        log_warn("%s", err_msg());
+    t->metrics = rc ? NULL : fopen(mpath, start > 0 ? "a" : "w");
+    if (!t->metrics)
+        log_warn("cannot open %s: no metrics log", mpath);
+    free(mpath);
+}
+
 /* ------------------------------------------------------------------ the coordinator's loop */
 
 /* Run a STEP or EVAL on every worker and collect the reports. */
@@ -460,16 +582,27 @@ static void banner(const trainer *t, int64_t start)
 static int coordinate(trainer *t, int64_t start)
 {
     rubric_config *cfg = t->cfg;
-    char *mpath = xasprintf("%s/metrics.jsonl", cfg->output_dir);
-    t->metrics = fopen(mpath, "a");
-    if (!t->metrics)
-        log_warn("cannot open %s: no metrics log", mpath);
-    free(mpath);
+
+    /* a resumed run that is already complete: nothing to do */
+    if (start >= t->total_steps) {
+        log_info("train: the checkpoint of step %" PRId64 " already completes this run (%"
+                 PRId64 " steps): nothing to train (score it with `rubric score --adapter`, "
+                 "or raise max_steps / num_epochs to train further)", start, t->total_steps);
+        stop_workers(t);
+        return 0;
+    }
+    open_metrics(t, start);
     banner(t, start);
 
+    /* the progress counts this process's steps, so that its rate and ETA are right */
+    char label[64];
+    if (start > 0)
+        snprintf(label, sizeof label, "train (steps %" PRId64 "-%" PRId64 ")", start + 1,
+                 t->total_steps);
+    else
+        snprintf(label, sizeof label, "train");
     progress prog;
-    progress_start(&prog, "train", t->total_steps, "steps");
-    progress_update(&prog, start);
+    progress_start(&prog, label, t->total_steps - start, "steps");
     int rc = 0;
     int64_t done = start;
     for (int64_t step = start; step < t->total_steps && !rc; step++) {
@@ -489,9 +622,13 @@ static int coordinate(trainer *t, int64_t start)
         if (!rc && ((cfg->save_steps > 0 && done % cfg->save_steps == 0) ||
                     done == t->total_steps))
             rc = save_checkpoint(t, done);
-        progress_update(&prog, done);
+        if (done < t->total_steps) /* the last line is progress_finish's */
+            progress_update(&prog, done - start);
     }
+    prog.done = done - start;
     progress_finish(&prog);
+    if (sigint_installed)
+        signal(SIGINT, SIG_DFL); /* scoring after training: Ctrl-C ends the process again */
     if (!rc) {
         stop_workers(t);
         log_info("train: done, %" PRId64 " steps, last loss %.4f", done, t->last_loss);
@@ -629,10 +766,13 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
 
     train_install_signals(w->is_coordinator);
 
-    /* 1. rank 0 checks the files to score after training and prepares the dataset; everyone
-     *    learns where it is */
+    /* 1. rank 0 checks output_dir and the files to score after training, and prepares the
+     *    dataset; everyone learns where it is */
     char *path = NULL;
-    int rc = w->rank == 0 ? check_score_files(cfg) : 0;
+    int rc = w->rank == 0 ? check_fresh_output_dir(&t) : 0;
+    rc = agree(w, rc, "checking output_dir");
+    if (!rc && w->rank == 0)
+        rc = check_score_files(cfg);
     if (!rc && w->rank == 0)
         rc = prepare_dataset(&t, &path);
     rc = agree(w, rc, "preparing the dataset");

@@ -12,8 +12,11 @@
  * `step 12/300 | loss 1.2345 | lr 1.2e-04 | norm 0.83 | 3,456 tok/s | 812 ms` every
  * logging_steps, one row per step in <output_dir>/metrics.jsonl, evaluation on the validation
  * bins every eval_steps (0: at the end of each epoch), a checkpoint every save_steps and at the
- * end. SIGTERM or SIGUSR1 on rank 0 (Slurm's time limit or preemption): checkpoint at the end
- * of the current step and exit 0; with --requeue under Slurm, `scontrol requeue` the job.
+ * end. SIGTERM or SIGUSR1 on rank 0 (Slurm's time limit or preemption), or Ctrl-C on one
+ * process without mpirun: checkpoint at the end of the current step and exit 0; with --requeue
+ * under Slurm, `scontrol requeue` the job. Without a resume, an output_dir holding checkpoints
+ * is refused (exit 2); metrics.jsonl starts fresh at step 0 and, on a resume from step S,
+ * keeps only the rows of steps <= S.
  */
 #ifndef RUBRIC_TRAIN_H
 #define RUBRIC_TRAIN_H
@@ -31,9 +34,11 @@ typedef struct {
 
 void train_options_defaults(train_options *o);
 
-/* SIGTERM / SIGUSR1 (time limit, preemption): the coordinator records them and checkpoints at
- * the next step boundary, even when they come during setup; workers ignore them and follow the
- * coordinator. Call as early as possible (before MPI_Init: use the launcher's rank). */
+/* SIGTERM / SIGUSR1 (time limit, preemption), and SIGINT (Ctrl-C) on one process started
+ * without a launcher (a second one ends it at once): the coordinator records them and
+ * checkpoints at the next step boundary, even when they come during setup; workers ignore them
+ * and follow the coordinator. Call as early as possible (before MPI_Init: use the launcher's
+ * rank; whether a launcher started the process is judged at the first call). */
 void train_install_signals(int is_coordinator);
 
 /* Run the whole training on this rank. Returns 0 or an exit code (message in err_msg()). */

@@ -27,13 +27,13 @@ banner() { printf '\n=== %s\n' "$*"; }
 
 # 1. dependencies and the build
 if [ "${SKIP_DEPS:-0}" != 1 ]; then
-    banner "1/4 dependencies (scripts/install-deps.sh)"
+    banner "1/4 setup: dependencies (scripts/install-deps.sh)"
     bash scripts/install-deps.sh
 fi
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
     export PATH=/usr/local/cuda/bin:$PATH
 fi
-banner "1/4 build ($BUILD_DIR)"
+banner "1/4 setup: build ($BUILD_DIR)"
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     meson setup "$BUILD_DIR" -Dbuildtype=release
 fi

@@ -454,11 +454,14 @@ Test(config, base_model_from_the_hf_cache)
                        "huggingface-cli download Qwen/Qwen3-0.6B");
     config_free(&c);
 
-    /* a local folder is used as is */
+    /* a local folder is used, made absolute so checkpoints stay valid from elsewhere */
     config_defaults(&c);
     cr_assert_eq(config_set(&c, "base_model=tests/fixtures/config"), 0);
     cr_assert_eq(config_resolve_model(&c), 0, "%s", err_msg());
-    cr_assert_str_eq(c.base_model_dir, "tests/fixtures/config");
+    char *abs = realpath("tests/fixtures/config", NULL);
+    cr_assert_not_null(abs);
+    cr_assert_str_eq(c.base_model_dir, abs);
+    free(abs);
     config_free(&c);
     char *rm = xasprintf("rm -rf '%s'", home);
     cr_assert_eq(system(rm), 0);

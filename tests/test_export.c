@@ -7,10 +7,12 @@
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "export.h"
 #include "model.h"
@@ -490,5 +492,150 @@ Test(export, refuses_other_base_model_foreign_folder_and_bad_input)
     free(junk);
     rm_rf(dir);
     free(out);
+    free(dir);
+}
+
+/* ---- what a merged folder and an exported adapter carry ---- */
+
+static void write_rows(const char *path)
+{
+    const char *rows = "{\"instruction\": \"r\", \"output\": \"1 2 3\"}\n";
+    cr_assert_eq(write_file_atomic(path, rows, strlen(rows)), 0, "%s", err_msg());
+}
+
+/* Run `cd cwd && rubric <args>` with its output in log; the exit code. */
+static int rubric_in(const char *cwd, const char *args, const char *log)
+{
+    const char *bin = getenv("RUBRIC_BIN");
+    cr_assert(bin, "RUBRIC_BIN is not set (run through meson test)");
+    char abs_bin[PATH_MAX];
+    cr_assert(realpath(bin, abs_bin));
+    char *cmd = xasprintf("cd '%s' && '%s' %s >'%s' 2>&1", cwd, abs_bin, args, log);
+    int st = system(cmd);
+    free(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int log_has(const char *log, const char *text)
+{
+    char *all = NULL;
+    size_t n = 0;
+    int has = !read_file(log, &all, &n) && strstr(all, text);
+    free(all);
+    return has;
+}
+
+Test(export, merge_keeps_the_training_config_and_score_reads_it)
+{
+    fixture_case cs[8];
+    load_cases(cs, 8);
+    const fixture_case *f = &cs[0];
+    char *dir = tmp_dir(), *log = xasprintf("%s/log", dir);
+    char src[PATH_MAX];
+    cr_assert(getcwd(src, sizeof src));
+    char *a = xasprintf("merge --model %s --adapter %s --out %s/m", f->base, f->ckpt, dir);
+    cr_assert_eq(rubric_in(src, a, log), 0, "%s (see %s)", a, log);
+    free(a);
+
+    /* rubric_config.yml is the checkpoint's stored config */
+    char *yml = xasprintf("%s/m/rubric_config.yml", dir);
+    rubric_config stored, merged;
+    cr_assert_eq(scorer_adapter_config(f->ckpt, &stored), 0, "%s", err_msg());
+    cr_assert_eq(config_load(&merged, yml, 0), 0, "%s", err_msg());
+    cr_assert_str_eq(merged.yaml_text, stored.yaml_text);
+    config_free(&stored);
+    config_free(&merged);
+
+    /* score --model the merged folder takes its prompt format and range from it (a range
+     * edited to 0..3 shows it is read; scoring then stops at this fixture's tokenizer) */
+    char *text = NULL;
+    size_t n = 0;
+    cr_assert_eq(read_file(yml, &text, &n), 0);
+    char *at = strstr(text, "score_max: 5");
+    cr_assert(at, "%s", text);
+    at[11] = '3';
+    cr_assert_eq(write_file_atomic(yml, text, n), 0);
+    free(text);
+    char *in = xasprintf("%s/rows.jsonl", dir);
+    write_rows(in);
+    a = xasprintf("score --model %s/m --input %s --output %s/p.jsonl", dir, in, dir);
+    rubric_in(src, a, log);
+    cr_assert(log_has(log, "from the merged model's training config"), "see %s", log);
+    cr_assert(log_has(log, "scores per row in 0..3"), "see %s", log);
+    free(a);
+    free(in);
+    free(yml);
+    rm_rf(dir);
+    free(log);
+    free(dir);
+}
+
+Test(export, adapter_records_an_absolute_base_model_folder)
+{
+    fixture_case cs[8];
+    load_cases(cs, 8);
+    const fixture_case *f = &cs[0];
+    char *dir = tmp_dir(), *log = xasprintf("%s/log", dir);
+    char src[PATH_MAX], base[PATH_MAX];
+    cr_assert(getcwd(src, sizeof src));
+    cr_assert(realpath(f->base, base));
+
+    /* the stored base_model is relative to the source root, where this runs */
+    rubric_config stored;
+    cr_assert_eq(scorer_adapter_config(f->ckpt, &stored), 0, "%s", err_msg());
+    cr_assert(stored.base_model && stored.base_model[0] != '/', "%s", stored.base_model);
+    char *a = xasprintf("export-adapter --adapter %s --out %s/a", f->ckpt, dir);
+    cr_assert_eq(rubric_in(src, a, log), 0, "%s (see %s)", a, log);
+    json_t *j = load_json(dir, "a/adapter_config.json");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "base_model_name_or_path")), base);
+    json_decref(j);
+    free(a);
+
+    /* from elsewhere, with the folder nowhere to be found: as stored */
+    char *copy = xasprintf("%s/ckpt.h5", dir), *data = NULL;
+    size_t n = 0;
+    cr_assert_eq(read_file(f->ckpt, &data, &n), 0);
+    cr_assert_eq(write_file_atomic(copy, data, n), 0);
+    free(data);
+    a = xasprintf("export-adapter --adapter %s --out %s/b", copy, dir);
+    cr_assert_eq(rubric_in(dir, a, log), 0, "%s (see %s)", a, log);
+    j = load_json(dir, "b/adapter_config.json");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "base_model_name_or_path")),
+                     stored.base_model);
+    json_decref(j);
+    config_free(&stored);
+    free(a);
+    free(copy);
+    rm_rf(dir);
+    free(log);
+    free(dir);
+}
+
+Test(export, score_adapter_with_a_missing_base_names_the_checkpoint)
+{
+    fixture_case cs[8];
+    load_cases(cs, 8);
+    const fixture_case *f = &cs[0];
+    char *dir = tmp_dir(), *log = xasprintf("%s/log", dir);
+    char *copy = xasprintf("%s/ckpt.h5", dir), *in = xasprintf("%s/rows.jsonl", dir);
+    char *data = NULL;
+    size_t n = 0;
+    cr_assert_eq(read_file(f->ckpt, &data, &n), 0);
+    cr_assert_eq(write_file_atomic(copy, data, n), 0);
+    free(data);
+    write_rows(in);
+
+    /* the stored relative base_model does not resolve from dir: exit 2, naming the checkpoint
+     * (not a temporary file) and saying to pass --model */
+    char *a = xasprintf("score --adapter %s --input %s --output %s/p.jsonl", copy, in, dir);
+    cr_assert_eq(rubric_in(dir, a, log), 2, "%s (see %s)", a, log);
+    cr_assert(log_has(log, copy), "see %s", log);
+    cr_assert(log_has(log, "--model"), "see %s", log);
+    cr_assert(!log_has(log, "rubric-adapter-config"), "see %s", log);
+    free(a);
+    rm_rf(dir);
+    free(copy);
+    free(in);
+    free(log);
     free(dir);
 }

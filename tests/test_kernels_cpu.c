@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "adamw.h"
+#include "cpu/cpu_ops.h"
 #include "nf4.h"
 #include "ops.h"
 #include "util.h"
@@ -129,6 +130,35 @@ Test(kernels_cpu, gemm_lm_head_shape)
             cr_assert(memcmp(one, c + (int64_t)(m - 1) * ldc, sizeof(float) * (size_t)n) == 0,
                       "m %d: a row's logits depend on the other rows", m);
         free(one);
+        free(a);
+        free(b);
+        free(c);
+        free(c0);
+    }
+}
+
+/* The streaming A B kernel (the LM head's backward with slow OpenBLAS kernels) against double
+ * precision, column slices not a multiple of 32, rows not of 8, k not of its block. */
+Test(kernels_cpu, gemm_nn_stream)
+{
+    if (!cpu_gemm_nn_stream_available())
+        cr_skip_test("no AVX-512 here: the kernel is never chosen");
+    int m = 11, n = 45, k = 700, lda = k + 3, ldb = n + 5, ldc = n + 1;
+    for (int t = 0; t < 2; t++) {
+        float beta = t ? 0.5f : 0.0f;
+        float *a = rand_buf((int64_t)m * lda, 1), *b = rand_buf((int64_t)k * ldb, 1);
+        float *c = rand_buf((int64_t)m * ldc, 1), *c0 = copy_buf(c, (int64_t)m * ldc);
+        cpu_gemm_nn_stream(m, n, k, a, lda, b, ldb, beta, c, ldc);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double s = beta * c0[(int64_t)i * ldc + j];
+                for (int p = 0; p < k; p++)
+                    s += (double)a[(int64_t)i * lda + p] * b[(int64_t)p * ldb + j];
+                cr_assert(fabs(c[(int64_t)i * ldc + j] - s) < 1e-4, "beta %g (%d, %d): %g vs %g",
+                          beta, i, j, c[(int64_t)i * ldc + j], s);
+            }
+        for (int i = 0; i < m; i++) /* the padding between rows is not written */
+            cr_assert(c[(int64_t)i * ldc + n] == c0[(int64_t)i * ldc + n]);
         free(a);
         free(b);
         free(c);

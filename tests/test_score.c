@@ -279,3 +279,180 @@ Test(score, resume_drops_uncommitted_output_and_torn_commits, .timeout = 240)
     cr_assert(st_same_file(ref, out), "resumed output differs from the uninterrupted run");
     st_rm_rf(dir);
 }
+
+/* Run a shell command line (output appended to log); its exit code. */
+static int run_sh(const char *cmdline, const char *log)
+{
+    char *argv[] = {"/bin/sh", "-c", (char *)cmdline, NULL};
+    return st_run(argv, log, NULL);
+}
+
+static int log_has(const char *log, const char *text)
+{
+    char *all = st_read(log, NULL);
+    int has = all && strstr(all, text);
+    free(all);
+    return has;
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* An empty line first in its chunk (the sanitizer build caught memcpy to a NULL buffer). */
+Test(score, empty_line_first_in_a_chunk)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *out = st_path(dir, "p.jsonl");
+    char *log = st_path(dir, "log");
+    write_text(in, "{\"instruction\": \"r\", \"output\": \"1 2\"}\n\n\n"
+                   "{\"instruction\": \"r\", \"output\": \"2 3\"}\n");
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                    "--chunk-rows", "1", NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+    char *text = st_read(out, NULL);
+    int lines = 0;
+    for (const char *p = text; p && *p; p++)
+        lines += *p == '\n';
+    cr_assert_eq(lines, 4, "%s", text);
+    cr_assert(strstr(text, "{\"row\": 1, \"scores\": null"), "%s", text);
+    free(text);
+    st_rm_rf(dir);
+}
+
+/* No .partial, .journal or output next to out. */
+static void assert_nothing_written(const char *out)
+{
+    char side[600];
+    snprintf(side, sizeof side, "%s.partial", out);
+    cr_assert(access(side, F_OK) != 0, "%s exists", side);
+    snprintf(side, sizeof side, "%s.journal", out);
+    cr_assert(access(side, F_OK) != 0, "%s exists", side);
+}
+
+Test(score, output_that_is_the_input_is_refused)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *other = st_path(dir, "link.jsonl"), *keep = st_path(dir, "keep.jsonl");
+    st_write_rows(in, 50, 3, 0);
+    st_write_rows(keep, 50, 3, 0);
+    cr_assert_eq(link(in, other), 0);
+
+    /* the same path, and another name of the same file */
+    cr_assert_eq(run_score(0, in, in, log, 0, 0, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "is the input file"), "see %s", log);
+    cr_assert_eq(run_score(0, in, other, log, 0, 0, NULL), 2, "see %s", log);
+    cr_assert(st_same_file(in, keep), "the input was changed");
+    assert_nothing_written(in);
+    assert_nothing_written(other);
+    st_rm_rf(dir);
+}
+
+Test(score, folders_as_input_or_output_are_refused_up_front)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *sub = st_path(dir, "sub"), *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 50, 3, 0);
+    cr_assert_eq(mkdir(sub, 0755), 0);
+
+    /* --output a folder */
+    cr_assert_eq(run_score(0, in, sub, log, 0, 0, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "is a directory"), "see %s", log);
+    assert_nothing_written(sub);
+
+    /* --input a folder, with and without --num-scores */
+    cr_assert_eq(run_score(0, sub, out, log, 0, 0, NULL), 2, "see %s", log);
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", sub, "--output", out,
+                    "--num-scores", "3", NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+    cr_assert(!log_has(log, "read error"), "see %s", log);
+    cr_assert(access(out, F_OK) != 0);
+    assert_nothing_written(out);
+
+    /* an unreadable input (root reads everything: checked as another user only) */
+    if (geteuid() != 0) {
+        cr_assert_eq(chmod(in, 0), 0);
+        cr_assert_eq(run_score(0, in, out, log, 0, 0, NULL), 2, "see %s", log);
+        assert_nothing_written(out);
+    }
+    st_rm_rf(dir);
+}
+
+Test(score, resume_of_a_finished_run_with_another_input_is_refused)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *other = st_path(dir, "other.jsonl"), *out = st_path(dir, "p.jsonl");
+    char *mpath = st_path(dir, "p.metrics.json"), *mkeep = st_path(dir, "keep.json");
+    st_write_rows(in, 200, 3, 0);
+    st_write_rows(other, 20, 3, 0);
+    cr_assert_eq(run_score(0, in, out, log, 0, 0, NULL), 0, "see %s", log);
+    char *cmd = malloc(strlen(mpath) + strlen(mkeep) + 16);
+    sprintf(cmd, "cp '%s' '%s'", mpath, mkeep);
+    cr_assert_eq(system(cmd), 0);
+
+    /* the same input: metrics only; another input: exit 2, the metrics untouched */
+    cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 0, "see %s", log);
+    cr_assert(log_has(log, "already complete"), "see %s", log);
+    cr_assert_eq(run_score(0, other, out, log, 1, 0, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "made from another input"), "see %s", log);
+    cr_assert(st_same_file(mpath, mkeep));
+    free(cmd);
+    st_rm_rf(dir);
+}
+
+Test(score, model_hub_id_not_in_the_cache_says_how_to_fetch_it)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    char *cmd = malloc(strlen(dir) * 2 + strlen(st_bin()) + strlen(in) + strlen(out) + 128);
+    sprintf(cmd, "HF_HOME='%s/hf' HF_HUB_CACHE= '%s' score --model Org/NotCached --input '%s' "
+            "--output '%s'", dir, st_bin(), in, out);
+    cr_assert_eq(run_sh(cmd, log), 2, "see %s", log);
+    cr_assert(log_has(log, "huggingface-cli download Org/NotCached"), "see %s", log);
+    cr_assert(!log_has(log, "scoring "), "the run started; see %s", log);
+    cr_assert(access(out, F_OK) != 0);
+    assert_nothing_written(out);
+    free(cmd);
+    st_rm_rf(dir);
+}
+
+Test(score, truths_of_another_shape_get_a_num_scores_hint)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 30, 3, 0);
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                    "--num-scores", "2", NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+    cr_assert(log_has(log, "--num-scores"), "no hint; see %s", log);
+    cr_assert(log_has(log, "unusable \"output\""), "no count reconciliation; see %s", log);
+    st_rm_rf(dir);
+}
+
+Test(score, resume_of_an_interrupted_run_with_another_input_is_refused, .timeout = 120)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *other = st_path(dir, "other.jsonl"), *out = st_path(dir, "p.jsonl");
+    char *journal = st_path(dir, "p.jsonl.journal");
+    st_write_rows(in, 3000, 3, 0);
+    st_write_rows(other, 3000, 3, 0);
+
+    /* interrupt a slow run once it has committed something */
+    pid_t pid;
+    run_score(0, in, out, log, 0, 1000, &pid);
+    st_wait_for_text(log, "chunks of 16 rows", 1, 60);
+    usleep(300000);
+    st_kill_tree(pid);
+    st_wait(pid, NULL);
+    cr_assert(access(journal, F_OK) == 0, "no journal; see %s", log);
+
+    /* the journal names the input that differs */
+    cr_assert_eq(run_score(0, other, out, log, 1, 0, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "its input is"), "see %s", log);
+    cr_assert(access(out, F_OK) != 0);
+    st_rm_rf(dir);
+}

@@ -15,6 +15,25 @@
 #include <time.h>
 #include <unistd.h>
 
+/* 1 when this test binary (and so the product, built alike) runs under AddressSanitizer, or
+ * CI says the build is sanitized (RUBRIC_SANITIZER): memory and time measurements are off. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ST_ASAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ST_ASAN_BUILD 1
+#endif
+#endif
+#ifndef ST_ASAN_BUILD
+#define ST_ASAN_BUILD 0
+#endif
+
+static inline int st_sanitized(void)
+{
+    const char *env = getenv("RUBRIC_SANITIZER");
+    return ST_ASAN_BUILD || (env && *env);
+}
+
 static inline const char *st_bin(void)
 {
     const char *bin = getenv("RUBRIC_BIN");

@@ -327,6 +327,28 @@ static json_t *export_adapter_config(const export_adapter *a, const char *base_n
     return c;
 }
 
+/* base_model_name_or_path: a relative local folder that exists (from the checkpoint's folder,
+ * else from the current one) becomes absolute, so the export loads from anywhere; a hub id
+ * or a folder found nowhere stays as stored. Returns a new string (or NULL). */
+static char *export_base_name(const export_adapter *a)
+{
+    const char *stored = a->cfg.base_model ? a->cfg.base_model : a->meta.base_model;
+    if (!stored || stored[0] == '/')
+        return stored ? xstrdup(stored) : NULL;
+    char resolved[PATH_MAX];
+    const char *slash = a->path ? strrchr(a->path, '/') : NULL;
+    if (slash) {
+        char *near = xasprintf("%.*s/%s", (int)(slash - a->path), a->path, stored);
+        int ok = path_is_dir(near) && realpath(near, resolved);
+        free(near);
+        if (ok)
+            return xstrdup(resolved);
+    }
+    if (path_is_dir(stored) && realpath(stored, resolved))
+        return xstrdup(resolved);
+    return xstrdup(stored);
+}
+
 int export_adapter_write(const export_adapter *a, const char *out_dir,
                          const char *base_model_name)
 {
@@ -345,9 +367,9 @@ int export_adapter_write(const export_adapter *a, const char *out_dir,
 
     /* 2. adapter_config.json last: a folder with a config has its weights */
     if (!rc) {
-        const char *base = base_model_name ? base_model_name
-                           : a->cfg.base_model ? a->cfg.base_model : a->meta.base_model;
+        char *base = base_model_name ? xstrdup(base_model_name) : export_base_name(a);
         json_t *c = export_adapter_config(a, base);
+        free(base);
         path = xasprintf("%s/adapter_config.json", out_dir);
         rc = export_write_json(path, c, JSON_SORT_KEYS);
         free(path);
@@ -579,6 +601,23 @@ static int export_copy_tokenizer(const export_merge_options *o)
     return rc;
 }
 
+/* rubric_config.yml: the checkpoint's stored training config, so `rubric score --model OUT`
+ * renders the prompt format and score range the adapter was trained with. */
+static int export_write_training_config(const export_adapter *a,
+                                        const export_merge_options *o)
+{
+    const char *yaml = a->meta.config_yaml;
+    if (!yaml || !*yaml) {
+        log_warn("%s: no stored training config: the merged folder has no rubric_config.yml "
+                 "(score it with --config)", a->path);
+        return 0;
+    }
+    char *path = xasprintf("%s/rubric_config.yml", o->out_dir);
+    int rc = write_file_atomic(path, yaml, strlen(yaml));
+    free(path);
+    return rc;
+}
+
 int export_merge(const export_adapter *a, const export_merge_options *o)
 {
     /* 1. the base model, and that it is the one the adapter was trained on */
@@ -620,6 +659,7 @@ int export_merge(const export_adapter *a, const export_merge_options *o)
     safetensors_close(st);
     rc = rc ? rc : export_write_generation_config(o, &mc);
     rc = rc ? rc : export_copy_tokenizer(o);
+    rc = rc ? rc : export_write_training_config(a, o);
     rc = rc ? rc : export_write_config(o);
     if (!rc)
         log_info("merged %d adapted linears (scale %g%s) into %s: %d tensors, %s, %.1f MB%s",

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "util.h"
@@ -85,7 +86,8 @@ static int64_t bins_tokens(const prep_dataset *ds, const int64_t *bins, int n)
     return t;
 }
 
-/* Tests only: RUBRIC_TEST_DIE_AT_STEP="RANK:STEP" kills that rank in the middle of that step. */
+/* Tests only: RUBRIC_TEST_DIE_AT_STEP="RANK:STEP" kills that rank in the middle of that step;
+ * RUBRIC_TEST_STEP_SLEEP_MS=MS makes every step last MS longer (a window to signal in). */
 static void maybe_die_for_test(const world *w, int64_t step)
 {
     const char *spec = getenv("RUBRIC_TEST_DIE_AT_STEP");
@@ -93,6 +95,13 @@ static void maybe_die_for_test(const world *w, int64_t step)
     long long s = -1;
     if (spec && sscanf(spec, "%d:%lld", &r, &s) == 2 && r == w->rank && s == step)
         raise(SIGKILL);
+    const char *sleep_ms = getenv("RUBRIC_TEST_STEP_SLEEP_MS");
+    long ms = sleep_ms ? atol(sleep_ms) : 0;
+    if (ms > 0) {
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0) /* a signal (Ctrl-C) interrupts it: sleep on */
+            ;
+    }
 }
 
 int worker_step(worker_ctx *wk, const protocol_cmd *cmd, protocol_report *rep)

@@ -92,7 +92,8 @@ void cpu_blas_check(void)
 /* The LM-head shape (A B^T with B a long [vocab, hidden] matrix) goes to the streaming kernel:
  * OpenBLAS packs the whole of B on every call, which costs more than the arithmetic for a few
  * rows of A; with OpenBLAS on its slow kernels the streaming one also wins for many rows
- * (measured in docs/model.md). Small k (attention heads) stays with OpenBLAS. */
+ * (measured in docs/model.md). Small k (attention heads) stays with OpenBLAS. Likewise the LM
+ * head's backward (A B with k = vocab) when OpenBLAS is slow, on AVX-512. */
 static int use_nt_stream(int trans_a, int trans_b, int m, int n, int k)
 {
     if (trans_a || !trans_b || n < 4096 || k < 64)
@@ -109,6 +110,11 @@ void cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const 
         for (int i = 0; i < m; i++)
             for (int j = 0; j < n; j++)
                 c[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(int64_t)i * ldc + j];
+        return;
+    }
+    if (!trans_a && !trans_b && alpha == 1.0f && k >= 65536 && m >= 16 && cpu_blas_slow() &&
+        cpu_gemm_nn_stream_available()) {
+        cpu_gemm_nn_stream(m, n, k, a, lda, b, ldb, beta, c, ldc);
         return;
     }
     if (use_nt_stream(trans_a, trans_b, m, n, k)) {

@@ -142,9 +142,7 @@ static nt_tile_fn nt_pick(void)
 void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int lda,
                         const float *b, int ldb, float beta, float *c, int ldc)
 {
-    static nt_tile_fn tile;
-    if (!tile)
-        tile = nt_pick();
+    nt_tile_fn tile = nt_pick();
     int n_blocks = (n + NT_JB - 1) / NT_JB;
 
 #pragma omp parallel for schedule(static)
@@ -165,4 +163,91 @@ void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int ld
             }
         }
     }
+}
+
+/* ---- C = A B + beta C with k long (the LM head's backward: dlogits [m, vocab] . W) ---- */
+
+#if NT_X86
+/* Rows of B (k) per pass over a column slice: NN_KB x 32 floats stay in the L1/L2 cache. */
+#define NN_KB 256
+
+static __mmask16 nn_mask(int width) /* lanes [0, width) of 16, width clamped to 0..16 */
+{
+    width = RB_MAX(0, RB_MIN(16, width));
+    return (__mmask16)(width == 16 ? 0xffffu : (1u << width) - 1u);
+}
+
+/* One slice of 32 columns of C, all rows: C is read and written once per NN_KB rows of B, the
+ * 8 x 32 tile of C in registers meanwhile (one broadcast of A per row, two loads of B). */
+__attribute__((target("avx512f,fma"))) static void
+nn_slice_avx512(int m, int k, int c0, int width, const float *a, int lda, const float *b, int ldb,
+                float beta, float *c, int ldc)
+{
+    __mmask16 k0 = nn_mask(width), k1 = nn_mask(width - 16);
+    for (int i = 0; i < m; i++) {
+        float *ci = c + (int64_t)i * ldc + c0;
+        __m512 vb = _mm512_set1_ps(beta);
+        __m512 x0 = beta == 0.0f ? _mm512_setzero_ps()
+                                 : _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k0, ci));
+        __m512 x1 = beta == 0.0f ? _mm512_setzero_ps()
+                                 : _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(k1, ci + 16));
+        _mm512_mask_storeu_ps(ci, k0, x0);
+        _mm512_mask_storeu_ps(ci + 16, k1, x1);
+    }
+    for (int p0 = 0; p0 < k; p0 += NN_KB) {
+        int p1 = RB_MIN(k, p0 + NN_KB);
+        for (int i0 = 0; i0 < m; i0 += 8) {
+            /* rows past the edge repeat the last row: same inputs, same value stored twice */
+            const float *ar[8];
+            float *cr[8];
+            __m512 acc[8][2];
+            for (int r = 0; r < 8; r++) {
+                int i = RB_MIN(i0 + r, m - 1);
+                ar[r] = a + (int64_t)i * lda;
+                cr[r] = c + (int64_t)i * ldc + c0;
+                acc[r][0] = _mm512_maskz_loadu_ps(k0, cr[r]);
+                acc[r][1] = _mm512_maskz_loadu_ps(k1, cr[r] + 16);
+            }
+            for (int p = p0; p < p1; p++) {
+                const float *bp = b + (int64_t)p * ldb + c0;
+                __m512 b0 = _mm512_maskz_loadu_ps(k0, bp), b1 = _mm512_maskz_loadu_ps(k1, bp + 16);
+                for (int r = 0; r < 8; r++) {
+                    __m512 av = _mm512_set1_ps(ar[r][p]);
+                    acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                _mm512_mask_storeu_ps(cr[r], k0, acc[r][0]);
+                _mm512_mask_storeu_ps(cr[r] + 16, k1, acc[r][1]);
+            }
+        }
+    }
+}
+#endif
+
+int cpu_gemm_nn_stream_available(void)
+{
+#if NT_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
+void cpu_gemm_nn_stream(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float beta, float *c, int ldc)
+{
+#if NT_X86
+    int n_slices = (n + 31) / 32;
+#pragma omp parallel for schedule(static)
+    for (int s = 0; s < n_slices; s++)
+        nn_slice_avx512(m, k, 32 * s, RB_MIN(32, n - 32 * s), a, lda, b, ldb, beta, c, ldc);
+#else
+    (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)ldb, (void)beta, (void)c;
+    (void)ldc;
+    rb_die(RB_EXIT_RUNTIME, "cpu_gemm_nn_stream: needs AVX-512 (check "
+           "cpu_gemm_nn_stream_available first)");
+#endif
 }

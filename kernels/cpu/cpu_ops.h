@@ -21,6 +21,12 @@ void cpu_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const 
  * few rows of A against a long B, e.g. the LM head at decode time). */
 void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int lda,
                         const float *b, int ldb, float beta, float *c, int ldc);
+/* C = A B + beta C (alpha 1) with k long, per 32-column slices of C (AVX-512 only: check
+ * cpu_gemm_nn_stream_available): cpu_gemm's choice for the LM head's backward when OpenBLAS
+ * runs slow kernels. Each element's sum runs over k in order, whatever the thread count. */
+int cpu_gemm_nn_stream_available(void);
+void cpu_gemm_nn_stream(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                        float beta, float *c, int ldc);
 void cpu_axpy(int64_t n, float alpha, const float *x, float *y);
 void cpu_scale(int64_t n, float alpha, float *x);
 void cpu_add_bias(float *y, const float *bias, int rows, int cols);

@@ -12,7 +12,9 @@
 #include "cpu_ops.h"
 #include "util.h"
 
+#ifndef XENT_BLOCK_FLOATS
 #define XENT_BLOCK_FLOATS (16 * 1024 * 1024)
+#endif
 
 /* Loss of one row of logits; turns the row into grad_scale * (softmax - onehot) when grad.
  * One expf per logit: the row keeps exp(l - max), then is scaled by grad_scale / sum. */
@@ -125,9 +127,7 @@ double cpu_lm_head_xent(const float *hidden, const float *w, const int32_t *targ
     float *logits = cpu_scratch(0, (size_t)rb * vocab);
     double *losses = xmalloc(sizeof(double) * (size_t)rb);
     double total = 0.0;
-    static xent_row_fn xent_row;
-    if (!xent_row)
-        xent_row = xent_row_pick();
+    xent_row_fn xent_row = xent_row_pick();
 
     for (int r0 = 0; r0 < n; r0 += rb) {
         int m = RB_MIN(rb, n - r0);

@@ -18,6 +18,15 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
   sigterm_score   with score_after_train, one process: SIGTERM checkpoints and exits 0
                   without scoring; the run resumed on 2 workers finishes and scores every row
                   once
+  kill_resume     killed in step 6 (checkpoint of step 3), base_model given relative: the
+                  checkpoint records it absolute; --resume auto leaves metrics.jsonl with steps
+                  1..8 and evaluations 4, 8 once each, in order, bitwise equal to the
+                  uninterrupted run; the progress line shows this process's steps, its final
+                  line once; resuming the finished run says so and trains nothing (exit 0); a
+                  run without --resume into that output_dir is refused (exit 2) untouched
+  sigint          one process, no mpirun: Ctrl-C (SIGINT) saves a checkpoint and exits 0, and
+                  the stale metrics.jsonl of an earlier run without checkpoints is replaced;
+                  a second Ctrl-C ends the process at once
   dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
                   the output names rank 2
   hung_worker     a worker stopped (SIGSTOP): the coordinator's deadline ends the job non-zero
@@ -29,6 +38,7 @@ usage: train_e2e.py [CASE...]   (default: all)
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -84,10 +94,10 @@ def setup(root):
         f.write(CONFIG.format(root=root, steps=STEPS))
 
 
-def train(root, out, workers, extra=(), env=None, check=True, popen=False):
+def train(root, out, workers, extra=(), env=None, check=True, popen=False, cwd=None):
     """rubric train with `workers` workers (0: one process alone)."""
     ga = 4 // max(workers, 1)
-    cmd = [RUBRIC, "train", f"{root}/cfg.yml", "--set", f"output_dir={out}",
+    cmd = [os.path.abspath(RUBRIC), "train", f"{root}/cfg.yml", "--set", f"output_dir={out}",
            "--set", f"gradient_accumulation_steps={ga}", *extra]
     if workers >= 1:
         exports = [a for k in (env or {}) for a in ("-x", k)]
@@ -95,9 +105,9 @@ def train(root, out, workers, extra=(), env=None, check=True, popen=False):
     full_env = dict(os.environ, **(env or {}))
     if popen:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=full_env, text=True)
+                                env=full_env, text=True, cwd=cwd)
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                       text=True, timeout=300)
+                       text=True, timeout=300, cwd=cwd)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}")
     return p
@@ -254,6 +264,95 @@ def case_sigterm_score(r):
     return f"no scoring after SIGTERM; the resumed run scored {len(got)} rows"
 
 
+def all_rows(out):
+    """Every row of metrics.jsonl, in file order."""
+    with open(f"{out}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def final_progress_lines(log):
+    """The progress lines that report every step done ("train...: N/N steps")."""
+    return [line for line in log.splitlines()
+            if (m := re.match(r"train[^:]*: (\d+)/(\d+) steps", line)) and m[1] == m[2]]
+
+
+def case_kill_resume(r):
+    out = f"{r.root}/kill_resume"
+    # killed in the middle of step 6 (0-based 5): rows 1..5 and the evaluation of step 4
+    # are written, the newest checkpoint is step 3; base_model relative to the working folder
+    p = train(r.root, out, 0, ["--set", "base_model=model"], check=False, cwd=r.root,
+              env={"RUBRIC_TEST_DIE_AT_STEP": "0:5"})
+    assert p.returncode == -signal.SIGKILL, f"exit {p.returncode}:\n{p.stdout[-2000:]}"
+    before = [x["step"] for x in all_rows(out)]
+    assert max(before) == 5, f"rows before the resume: {before}"
+    dump = subprocess.run(["h5dump", "-a", "/state/base_model", f"{out}/checkpoint-3.h5"],
+                          stdout=subprocess.PIPE, text=True, check=True).stdout
+    model = os.path.realpath(f"{r.root}/model")
+    assert f'"{model}"' in dump, f"base_model not recorded as {model}:\n{dump}"
+
+    # resumed from step 3: rows past it are dropped, then steps 4..8 appended once
+    p2 = train(r.root, out, 0, ["--resume", "auto"])
+    assert "checkpoint-3.h5: step 3" in p2.stdout, p2.stdout[-2000:]
+    got = all_rows(out)
+    steps = [x["step"] for x in got if "loss" in x]
+    evals = [x["step"] for x in got if "eval_loss" in x]
+    assert steps == list(range(1, STEPS + 1)), f"step rows {steps}"
+    assert evals == [4, 8], f"eval rows {evals}"
+    check_rows(rows(out), rows(r.one()), range(1, STEPS + 1), True, "after kill + resume")
+    fin = final_progress_lines(p2.stdout)
+    assert len(fin) == 1 and fin[0].startswith("train (steps 4-8): 5/5 steps"), \
+        f"final progress lines {fin}:\n{p2.stdout[-2000:]}"
+
+    # the run is complete: a resume says so and trains nothing
+    p3 = train(r.root, out, 0, ["--resume", "auto"])
+    assert "already completes this run" in p3.stdout, p3.stdout[-2000:]
+    assert "step 8/" not in p3.stdout and all_rows(out) == got, p3.stdout[-2000:]
+
+    # a fresh run into that output_dir is refused before any work, nothing touched
+    p4 = train(r.root, out, 0, check=False)
+    assert p4.returncode == 2, f"exit {p4.returncode}:\n{p4.stdout[-2000:]}"
+    assert "already holds checkpoints of an earlier run (newest: checkpoint-8.h5)" \
+        in p4.stdout and "--resume auto" in p4.stdout, p4.stdout[-2000:]
+    assert "dataset:" not in p4.stdout and all_rows(out) == got, p4.stdout[-2000:]
+    return (f"rows before resume {before[-3:]}..., after: steps 1-{STEPS} and evals "
+            f"{evals} once, bitwise; complete run and fresh run into it handled")
+
+
+def case_sigint(r):
+    out = f"{r.root}/sigint"
+    os.makedirs(out)
+    with open(f"{out}/metrics.jsonl", "w") as f:  # an earlier run's log, no checkpoints
+        f.write(json.dumps({"step": 99, "loss": 1.0}) + "\n")
+    p = train(r.root, out, 0, popen=True)
+    log = ""
+    for line in p.stdout:
+        log += line
+        if line.startswith("step 2/"):
+            p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=120)
+    assert rc == 0, f"exit {rc} after SIGINT:\n{log[-2000:]}"
+    assert "signal 2: checkpoint of step" in log and "interrupted" in log, log[-2000:]
+    saved = [f for f in os.listdir(out) if f.endswith(".h5")]
+    assert saved, "no checkpoint after SIGINT"
+    steps = [x["step"] for x in all_rows(out)]
+    assert steps == list(range(1, len(steps) + 1)), f"metrics.jsonl steps {steps}"
+
+    # twice: the second one ends the process at once
+    out2 = f"{r.root}/sigint2"
+    p = train(r.root, out2, 0, popen=True, env={"RUBRIC_TEST_STEP_SLEEP_MS": "3000"})
+    log = ""
+    for line in p.stdout:  # each step lasts 3 s more: the second one comes within the step
+        log += line
+        if line.startswith("step 1/"):
+            p.send_signal(signal.SIGINT)
+        if "interrupted" in line:
+            p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=120)
+    assert rc == -signal.SIGINT, f"exit {rc} after two SIGINTs:\n{log[-2000:]}"
+    assert not os.path.exists(out2) or not any(f.endswith(".h5") for f in os.listdir(out2))
+    return f"saved {saved[0]}, exit 0, fresh log (steps {steps}); twice: exit {rc}"
+
+
 def case_dead_worker(r):
     t0 = time.time()
     p = train(r.root, f"{r.root}/dead", 2, env={"RUBRIC_TEST_DIE_AT_STEP": "2:1"}, check=False)
@@ -306,7 +405,7 @@ def case_hung_worker(r):
 
 
 CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "sigterm_score",
-         "dead_worker", "hung_worker"]
+         "kill_resume", "sigint", "dead_worker", "hung_worker"]
 
 
 def main():
