@@ -270,6 +270,26 @@ int path_is_dir(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+int parse_byte_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    uint64_t mult = 1;
+    if (*end == 'K' || *end == 'k')
+        mult = 1000, end++;
+    else if (*end == 'M' || *end == 'm')
+        mult = 1000 * 1000, end++;
+    else if (*end == 'G' || *end == 'g')
+        mult = 1000 * 1000 * 1000, end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (errno || end == s || *end || v == 0 || s[0] == '-' || v > UINT64_MAX / mult)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
 double now_seconds(void)
 {
     struct timespec ts;

@@ -72,6 +72,10 @@ int mkdir_p(const char *path);
 int path_exists(const char *path);
 int path_is_dir(const char *path);
 
+/* A byte count "500000", "200K", "5G" or "5GB" (K, M, G: powers of 1000, as transformers'
+ * max_shard_size). Returns 0, or -1 for anything else (zero, negative, overflow). */
+int parse_byte_size(const char *s, uint64_t *out);
+
 /* Monotonic seconds. */
 double now_seconds(void);
 

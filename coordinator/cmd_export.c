@@ -69,22 +69,9 @@ static void merge_usage(FILE *fp)
 /* A byte count: digits with an optional K, M or G (powers of 1000, as transformers). */
 static int export_parse_size(const char *s, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    uint64_t mult = 1;
-    if (*end == 'K' || *end == 'k')
-        mult = 1000, end++;
-    else if (*end == 'M' || *end == 'm')
-        mult = 1000 * 1000, end++;
-    else if (*end == 'G' || *end == 'g')
-        mult = 1000 * 1000 * 1000, end++;
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (errno || end == s || *end || v == 0 || s[0] == '-' || v > UINT64_MAX / mult)
+    if (parse_byte_size(s, out) != 0)
         return err_set(RB_EXIT_INPUT, "--max-shard-size needs a positive size such as "
                        "500000, 200M or 5G, got '%s'", s);
-    *out = v * mult;
     return 0;
 }
 

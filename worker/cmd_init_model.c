@@ -152,22 +152,9 @@ static int init_parse_std(const char *opt, const char *s, double *out)
  * max_shard_size). */
 static int init_parse_size(const char *s, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    uint64_t mult = 1;
-    if (*end == 'K' || *end == 'k')
-        mult = 1000, end++;
-    else if (*end == 'M' || *end == 'm')
-        mult = 1000 * 1000, end++;
-    else if (*end == 'G' || *end == 'g')
-        mult = 1000 * 1000 * 1000, end++;
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (errno || end == s || *end || v == 0 || s[0] == '-' || v > UINT64_MAX / mult)
+    if (parse_byte_size(s, out) != 0)
         return err_set(RB_EXIT_INPUT, "init-model: --max-shard-size needs a positive size such "
                        "as 500000, 200K or 2G, got '%s'", s);
-    *out = v * mult;
     return 0;
 }
 

@@ -44,7 +44,7 @@ void scorer_options_defaults(scorer_options *o)
     o->k = 3;
     o->score_min = 0;
     o->score_max = 5;
-    o->batch_rows = 8;
+    o->batch_rows = 32; /* score_batch_size's default: more rows share each LM head read */
     o->prefix_cache = 1;
     o->backend = "auto";
 }
@@ -220,9 +220,9 @@ static int prefix_prepare(scorer *s, const uint32_t *ids, int n)
     return 0;
 }
 
-/* Fill a row's cache with its prompt except the last token (whose logits are computed for the
- * whole batch at once, so the LM head runs once per batch, not once per row). */
-static int prefill_row(scorer *s, const prompt_tokens *pt, model_kv_cache **cache)
+/* Get a row's cache ready for its prompt: the shared prefix copied in (or the cache emptied);
+ * *rest receives how many prompt tokens, but the last, remain to prefill after it. */
+static int prepare_row(scorer *s, const prompt_tokens *pt, model_kv_cache **cache, int *rest)
 {
     const uint32_t *ids = pt->ids.ids;
     int n = (int)pt->n_prompt;
@@ -239,11 +239,52 @@ static int prefill_row(scorer *s, const prompt_tokens *pt, model_kv_cache **cach
     } else {
         model_kv_cache_truncate(*cache, 0);
     }
-
-    /* the rest of the row but its last token, without logits */
-    if (!rc && n - 1 > shared)
-        rc = model_prefill(s->m, *cache, ids + shared, n - 1 - shared, NULL);
+    *rest = n - 1 - shared;
     s->stats.prefill_tokens += n - shared;
+    return rc;
+}
+
+/* Most tokens one batched prefill call takes (rows are grouped to stay under it). */
+#define SCORER_PREFILL_GROUP_TOKENS 4096
+
+/* Fill rows [0, n)' caches with their prompts except the last token (whose logits are computed
+ * for the whole batch at once, so the LM head runs once per batch, not once per row): the rest
+ * after the shared prefix goes through the model for groups of rows at once. */
+static int prefill_rows(scorer *s, int n)
+{
+    int rest[n > 0 ? n : 1];
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++)
+        rc = prepare_row(s, &s->enc[i], &s->caches[i], &rest[i]);
+
+    model_kv_cache *caches[n > 0 ? n : 1];
+    int counts[n > 0 ? n : 1];
+    uint32_t *tokens = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < n && !rc;) {
+        /* a group of rows with tokens to prefill, under the token budget (at least one row) */
+        int rows = 0;
+        size_t total = 0;
+        for (; i < n; i++) {
+            if (rest[i] <= 0)
+                continue;
+            if (rows > 0 && total + (size_t)rest[i] > SCORER_PREFILL_GROUP_TOKENS)
+                break;
+            const prompt_tokens *pt = &s->enc[i];
+            size_t from = (size_t)(pt->n_prompt - 1) - (size_t)rest[i];
+            if (total + (size_t)rest[i] > cap) {
+                cap = RB_MAX(total + (size_t)rest[i], 2 * cap);
+                tokens = xrealloc(tokens, sizeof *tokens * cap);
+            }
+            memcpy(tokens + total, pt->ids.ids + from, sizeof *tokens * (size_t)rest[i]);
+            total += (size_t)rest[i];
+            caches[rows] = s->caches[i];
+            counts[rows++] = rest[i];
+        }
+        if (rows > 0)
+            rc = model_prefill_batch(s->m, caches, tokens, counts, rows, NULL);
+    }
+    free(tokens);
     return rc;
 }
 
@@ -259,9 +300,9 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
     model_kv_cache *caches[n > 0 ? n : 1];
     uint32_t tokens[n > 0 ? n : 1];
     int rows[n > 0 ? n : 1];
+    rc = prefill_rows(s, n);
     for (int i = 0; i < n && !rc; i++) {
         grammar_state_init(&s->states[i]);
-        rc = prefill_row(s, &s->enc[i], &s->caches[i]);
         caches[i] = s->caches[i];
         tokens[i] = s->enc[i].ids.ids[s->enc[i].n_prompt - 1];
     }
