@@ -243,3 +243,22 @@ void cli_free(cli_common *cli)
     cli->sets = NULL;
     cli->n_sets = 0;
 }
+
+int cli_begin(int argc, char **argv, const cli_spec *spec, cli_common *cli, rubric_config *cfg,
+              int *done)
+{
+    *done = 1;
+    int rc = cli_parse_common(argc, argv, spec, cli);
+    if (rc || cli->help) {
+        cli_free(cli);
+        return rc;
+    }
+    rc = cli_load_config(cli, cfg);
+    if (rc || cli->print_config) {
+        config_free(cfg);
+        cli_free(cli);
+        return rc;
+    }
+    *done = 0;
+    return 0;
+}

@@ -77,6 +77,14 @@ int cli_parse_common(int argc, char **argv, const cli_spec *spec, cli_common *ou
  */
 int cli_load_config(const cli_common *cli, rubric_config *cfg);
 
+/*
+ * cli_parse_common, then cli_load_config: the start of a config-taking command. Sets *done = 0
+ * when the command goes on (free cli and cfg later); otherwise (--help, --print-config, or an
+ * error) everything is already freed, *done = 1, and the return value is the exit code.
+ */
+int cli_begin(int argc, char **argv, const cli_spec *spec, cli_common *cli, rubric_config *cfg,
+              int *done);
+
 /* Print the command's --help text to `out`. */
 void cli_print_help(const cli_spec *spec, FILE *out);
 

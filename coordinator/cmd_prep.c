@@ -81,18 +81,11 @@ int cmd_prep(int argc, char **argv)
         .max_args = 0,
     };
     cli_common cli;
-    int rc = cli_parse_common(argc, argv, &spec, &cli);
-    if (rc || cli.help) {
-        cli_free(&cli);
-        return rc;
-    }
     rubric_config cfg;
-    rc = cli_load_config(&cli, &cfg);
-    if (rc || cli.print_config) {
-        config_free(&cfg);
-        cli_free(&cli);
+    int done = 0;
+    int rc = cli_begin(argc, argv, &spec, &cli, &cfg, &done);
+    if (done)
         return rc;
-    }
     if (cli.strict)
         cfg.strict = 1;
 
