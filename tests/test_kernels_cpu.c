@@ -351,6 +351,68 @@ Test(kernels_cpu, swiglu_forward_and_backward)
     free(g); free(u); free(h); free(dh); free(dg); free(du);
 }
 
+/* Gates far into both tails (the vector sigmoid's exp never overflows), a length that is not a
+ * multiple of 16 (the masked tail), against double precision. */
+Test(kernels_cpu, swiglu_extreme_gates)
+{
+    static const float gates[] = {-1e4f, -100.0f, -88.5f, -30.0f, -1e-3f, 0.0f, 1e-3f, 30.0f,
+                                  88.5f, 100.0f, 1e4f};
+    int64_t n = 37;
+    float g[37], u[37], h[37], dh[37], dg[37], du[37];
+    for (int64_t i = 0; i < n; i++) {
+        g[i] = gates[i % RB_ARRAY_LEN(gates)];
+        u[i] = 0.5f + 0.01f * (float)i;
+        dh[i] = 1.0f - 0.02f * (float)i;
+    }
+    K->swiglu_fwd(h, g, u, n);
+    K->swiglu_bwd(dg, du, dh, g, u, n);
+    for (int64_t i = 0; i < n; i++) {
+        double sg = 1 / (1 + exp(-(double)g[i]));
+        double want_h = g[i] * sg * u[i], want_du = dh[i] * g[i] * sg;
+        double want_dg = dh[i] * u[i] * sg * (1 + g[i] * (1 - sg));
+        cr_assert(isfinite(h[i]) && isfinite(dg[i]) && isfinite(du[i]), "gate %g", g[i]);
+        cr_assert(fabs(h[i] - want_h) <= 1e-6 * fmax(1, fabs(want_h)), "h(%g) = %g, want %g",
+                  g[i], h[i], want_h);
+        cr_assert(fabs(du[i] - want_du) <= 1e-6 * fmax(1, fabs(want_du)), "gate %g", g[i]);
+        cr_assert(fabs(dg[i] - want_dg) <= 1e-5 * fmax(1, fabs(want_dg)), "dgate(%g) = %g, want %g",
+                  g[i], dg[i], want_dg);
+    }
+}
+
+/* A NaN score is never softened into a finite output: the row of the head that saw it is NaN,
+ * and the other head (another row of scores) is untouched. */
+Test(kernels_cpu, attention_nan_propagates)
+{
+    int H = 2, KV = 1, D = 16, T = 20;
+    int32_t cu[2] = {0, T};
+    float *q = rand_buf((int64_t)T * H * D, 1), *k = rand_buf((int64_t)T * KV * D, 1);
+    float *v = rand_buf((int64_t)T * KV * D, 1);
+    float *out = xmalloc(sizeof(float) * T * H * D), *lse = xmalloc(sizeof(float) * T * H);
+    q[(int64_t)7 * H * D + 3] = NAN; /* query 7, head 0 */
+    K->attention_fwd(out, lse, q, k, v, cu, cu, 1, T, H, KV, D, 0.25f);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            int bad = t == 7 && h == 0;
+            float o = out[(int64_t)t * H * D + h * D];
+            cr_assert(bad ? isnan(o) && isnan(lse[t * H + h]) : isfinite(o),
+                      "query %d head %d: %g", t, h, o);
+        }
+    free(q); free(k); free(v); free(out); free(lse);
+}
+
+Test(kernels_cpu, lm_head_xent_nan_is_not_a_loss)
+{
+    int n = 2, dim = 16, V = 1000;
+    int32_t tg[2] = {3, 999};
+    float *hd = rand_buf((int64_t)n * dim, 1), *w = rand_buf((int64_t)V * dim, 1);
+    float rl[2];
+    w[(int64_t)500 * dim + 2] = NAN; /* one vocabulary row: every row's logit 500 is NaN */
+    double loss = K->lm_head_xent(hd, w, tg, n, dim, V, 1.0f, rl, NULL);
+    cr_assert(isnan(loss) && isnan(rl[0]) && isnan(rl[1]), "loss %g (%g, %g)", loss, rl[0],
+              rl[1]);
+    free(hd); free(w);
+}
+
 /* ---- LM head + cross-entropy ---- */
 
 static double xent_naive(const float *hd, const float *w, const int32_t *tg, int n, int dim,

@@ -421,10 +421,10 @@ Test(model, kv_cache_matches_full_forward)
 }
 
 /* Batched prefill (rows of different lengths, one on top of a cached prefix, one of a single
- * token) equals one model_prefill per row within 1e-6 (max abs difference over max abs logit):
- * the logits, and the caches it leaves (checked by one more decode step on each side). Not
- * bitwise: OpenBLAS's sgemm rounds a row differently with the number of rows in the call
- * (measured: 7e-7 on the fixture). */
+ * token) equals one model_prefill per row within 4e-6 (max abs difference over max abs logit,
+ * ~30 float ulps): the logits, and the caches it leaves (checked by one more decode step on each
+ * side). Not bitwise: OpenBLAS's sgemm rounds a row differently with the number of rows in the
+ * call (measured: 7e-7 to 1.1e-6 on the fixture, depending on the CPU's kernels). */
 Test(model, prefill_batch_equals_per_row_prefill)
 {
     model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
@@ -456,7 +456,7 @@ Test(model, prefill_batch_equals_per_row_prefill)
         cr_assert_eq(model_prefill(m, single[r], b.tokens + start[r], counts[r], want), 0);
         cr_assert_eq(model_kv_cache_len(batched[r]), prefix[r] + counts[r]);
         double e = rel_err(got + (int64_t)r * V, want, V);
-        cr_assert(e <= 1e-6, "row %d: batched prefill logits differ from model_prefill by %.3g",
+        cr_assert(e <= 4e-6, "row %d: batched prefill logits differ from model_prefill by %.3g",
                   r, e);
     }
 
@@ -467,7 +467,7 @@ Test(model, prefill_batch_equals_per_row_prefill)
     for (int r = 0; r < R; r++) {
         cr_assert_eq(model_prefill(m, single[r], next + r, 1, want), 0);
         double e = rel_err(dec + (int64_t)r * V, want, V);
-        cr_assert(e <= 1e-6, "row %d: decode after batched prefill differs by %.3g", r, e);
+        cr_assert(e <= 4e-6, "row %d: decode after batched prefill differs by %.3g", r, e);
     }
 
     /* a cache given twice is an error */

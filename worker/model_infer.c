@@ -112,7 +112,9 @@ static void infer_reserve(model *m, int T, int n_rows)
     m->infer_h = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
     m->infer_hn = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
     m->infer_rstd = ops->alloc(sizeof(float) * (size_t)n_rows);
-    m->infer_logits = ops->alloc(sizeof(float) * (size_t)n_rows * m->cfg.vocab_size);
+    m->infer_logits = ops->host_memory
+                          ? NULL
+                          : ops->alloc(sizeof(float) * (size_t)n_rows * m->cfg.vocab_size);
     m->infer_cap = T;
     m->infer_cap_rows = n_rows;
 }
@@ -179,9 +181,12 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
                          C);
         ops->rmsnorm_fwd(m->infer_hn, m->infer_rstd, m->infer_h, m->final_norm, n_rows, C,
                          (float)c->rms_norm_eps);
-        ops->gemm(0, 1, n_rows, V, C, 1.0f, m->infer_hn, C, m->lm_head, C, 0.0f,
-                  m->infer_logits, V);
-        ops->download(logits, m->infer_logits, sizeof(float) * (size_t)n_rows * V);
+        /* a backend on host memory writes the caller's buffer directly (no copy of
+         * n_rows x V floats per decoding step) */
+        float *dst = ops->host_memory ? logits : m->infer_logits;
+        ops->gemm(0, 1, n_rows, V, C, 1.0f, m->infer_hn, C, m->lm_head, C, 0.0f, dst, V);
+        if (dst != logits)
+            ops->download(logits, dst, sizeof(float) * (size_t)n_rows * V);
     }
     return 0;
 }

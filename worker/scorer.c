@@ -300,7 +300,10 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
     model_kv_cache *caches[n > 0 ? n : 1];
     uint32_t tokens[n > 0 ? n : 1];
     int rows[n > 0 ? n : 1];
+    double t0 = now_seconds();
     rc = prefill_rows(s, n);
+    double t1 = now_seconds();
+    s->stats.prefill_seconds += t1 - t0;
     for (int i = 0; i < n && !rc; i++) {
         grammar_state_init(&s->states[i]);
         caches[i] = s->caches[i];
@@ -332,6 +335,7 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
             grammar_step(&s->g, &s->states[rows[j]], s->logits + (size_t)j * V);
     }
 
+    s->stats.decode_seconds += now_seconds() - t1;
     for (int i = 0; i < n && !rc; i++) {
         memset(&out[i], 0, sizeof out[i]);
         out[i].ok = 1;
@@ -421,9 +425,10 @@ static void backend_destroy(scorer_backend *b)
     model_backend *mb = (model_backend *)b;
     scorer_stats st = mb->s->stats;
     log_debug("scorer: %lld rows, %lld prefix reuses, %lld prefixes built, %lld tokens "
-              "prefilled, %lld decode steps", (long long)st.rows, (long long)st.prefix_hits,
-              (long long)st.prefix_builds, (long long)st.prefill_tokens,
-              (long long)st.decode_steps);
+              "prefilled in %.2f s, %lld decode steps in %.2f s", (long long)st.rows,
+              (long long)st.prefix_hits, (long long)st.prefix_builds,
+              (long long)st.prefill_tokens, st.prefill_seconds, (long long)st.decode_steps,
+              st.decode_seconds);
     scorer_free(mb->s);
     free(mb);
 }

@@ -80,6 +80,8 @@ typedef struct {
     int64_t prefix_builds;      /* prefixes computed */
     int64_t prefill_tokens;     /* tokens prefilled (prefixes included) */
     int64_t decode_steps;
+    double prefill_seconds;     /* wall time in prefill (prefixes included) */
+    double decode_seconds;      /* wall time in decoding (the LM head at every answer token) */
 } scorer_stats;
 
 /* Load the tokenizer, the model (and adapter) and build the grammar. Returns 0 or an exit

@@ -21,6 +21,7 @@ static int omp_get_thread_num(void) { return 0; }
 #include <string.h>
 
 #include "cpu_ops.h"
+#include "cpu_simd.h"
 #include "util.h"
 
 #define ATT_BQ 64
@@ -62,7 +63,7 @@ static att_block att_block_at(const int32_t *cu_q, const int32_t *cu_k, int s, i
 static int blocks_of(int n) { return (n + ATT_BQ - 1) / ATT_BQ; }
 
 /* Softmax of row i of S (scaled scores), keys past the causal limit set to 0. Returns lse. */
-static float softmax_row(float *row, int visible, int kend)
+static float softmax_row_generic(float *row, int visible, int kend)
 {
     float mx = -INFINITY;
     for (int j = 0; j < visible; j++)
@@ -78,6 +79,78 @@ static float softmax_row(float *row, int visible, int kend)
     for (int j = visible; j < kend; j++)
         row[j] = 0.0f;
     return mx + logf(sum);
+}
+
+/* row[j] = exp(row[j] - l) for j < visible, 0 up to kend (the backward's P from the lse). */
+static void exp_row_generic(float *row, float l, int visible, int kend)
+{
+    for (int j = 0; j < visible; j++)
+        row[j] = expf(row[j] - l);
+    for (int j = visible; j < kend; j++)
+        row[j] = 0.0f;
+}
+
+#if CPU_X86
+/* softmax_row_generic in 16 lanes: the sum in lanes, added in a fixed order, so the result
+ * depends only on the row. A NaN score makes the row's sum, and so the lse, NaN. */
+__attribute__((target("avx512f,fma"))) static float softmax_row_avx512(float *row, int visible,
+                                                                       int kend)
+{
+    __m512 vmx = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < visible; j += 16)
+        vmx = _mm512_mask_max_ps(vmx, cpu_mask16(visible - j), vmx,
+                                 _mm512_maskz_loadu_ps(cpu_mask16(visible - j), row + j));
+    float mx = _mm512_reduce_max_ps(vmx);
+    __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
+    for (int j = 0; j < visible; j += 16) {
+        __mmask16 k = cpu_mask16(visible - j);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), vm));
+        vsum = _mm512_mask_add_ps(vsum, k, vsum, e);
+        _mm512_mask_storeu_ps(row + j, k, e);
+    }
+    float sum = _mm512_reduce_add_ps(vsum);
+    __m512 vinv = _mm512_set1_ps(1.0f / sum);
+    for (int j = 0; j < visible; j += 16) {
+        __mmask16 k = cpu_mask16(visible - j);
+        _mm512_mask_storeu_ps(row + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, row + j), vinv));
+    }
+    for (int j = visible; j < kend; j++)
+        row[j] = 0.0f;
+    return mx + logf(sum);
+}
+
+__attribute__((target("avx512f,fma"))) static void exp_row_avx512(float *row, float l,
+                                                                  int visible, int kend)
+{
+    __m512 vl = _mm512_set1_ps(l);
+    for (int j = 0; j < visible; j += 16) {
+        __mmask16 k = cpu_mask16(visible - j);
+        _mm512_mask_storeu_ps(row + j, k,
+                              exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + j), vl)));
+    }
+    for (int j = visible; j < kend; j++)
+        row[j] = 0.0f;
+}
+#endif
+
+static float softmax_row(float *row, int visible, int kend)
+{
+#if CPU_X86
+    if (cpu_avx512())
+        return softmax_row_avx512(row, visible, kend);
+#endif
+    return softmax_row_generic(row, visible, kend);
+}
+
+static void exp_row(float *row, float l, int visible, int kend)
+{
+#if CPU_X86
+    if (cpu_avx512()) {
+        exp_row_avx512(row, l, visible, kend);
+        return;
+    }
+#endif
+    exp_row_generic(row, l, visible, kend);
 }
 
 static void fwd_block(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -103,6 +176,64 @@ static void fwd_block(float *out, float *lse, const float *q, const float *k, co
     /* out = P . V */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b.bq, d, b.kend, 1.0f, s_buf,
                 b.kend, vp, ldk, 0.0f, out + (int64_t)b.q0 * ldq + h * d, ldq);
+}
+
+#if CPU_X86
+/* One query row of one head (a decoding step): the scores as dot products, the softmax, and
+ * P.V as a sum of scaled value rows, in registers; no sgemm call for a 1-row product. */
+__attribute__((target("avx512f,fma"))) static void fwd_row_avx512(float *o, float *lse,
+                                                                  const float *qv,
+                                                                  const float *kp,
+                                                                  const float *vp, int ldk,
+                                                                  int n_keys, int d,
+                                                                  float scale, float *s)
+{
+    for (int j = 0; j < n_keys; j++) {
+        const float *kj = kp + (int64_t)j * ldk;
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < d; c += 16) {
+            __mmask16 m = cpu_mask16(d - c);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qv + c), _mm512_maskz_loadu_ps(m, kj + c),
+                                  acc);
+        }
+        s[j] = scale * _mm512_reduce_add_ps(acc);
+    }
+    float l = softmax_row(s, n_keys, n_keys);
+    if (lse)
+        *lse = l;
+    for (int c = 0; c < d; c += 64) {
+        __m512 acc[4];
+        for (int u = 0; u < 4; u++)
+            acc[u] = _mm512_setzero_ps();
+        for (int j = 0; j < n_keys; j++) {
+            const float *vj = vp + (int64_t)j * ldk + c;
+            __m512 pj = _mm512_set1_ps(s[j]);
+            for (int u = 0; u < 4; u++)
+                acc[u] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(cpu_mask16(d - c - 16 * u),
+                                                                   vj + 16 * u), acc[u]);
+        }
+        for (int u = 0; u < 4; u++)
+            _mm512_mask_storeu_ps(o + c + 16 * u, cpu_mask16(d - c - 16 * u), acc[u]);
+    }
+}
+#endif
+
+/* A block of one query row goes to fwd_row_avx512 where it runs; otherwise fwd_block. */
+static void fwd_item(float *out, float *lse, const float *q, const float *k, const float *v,
+                     att_block b, int h, int heads, int kv_heads, int d, float scale,
+                     float *s_buf)
+{
+#if CPU_X86
+    if (b.bq == 1 && cpu_avx512()) {
+        int ldq = heads * d, ldk = kv_heads * d, g = h / (heads / kv_heads);
+        fwd_row_avx512(out + (int64_t)b.q0 * ldq + h * d,
+                       lse ? lse + (int64_t)b.q0 * heads + h : NULL,
+                       q + (int64_t)b.q0 * ldq + h * d, k + (int64_t)b.k0 * ldk + g * d,
+                       v + (int64_t)b.k0 * ldk + g * d, ldk, b.kend, d, scale, s_buf);
+        return;
+    }
+#endif
+    fwd_block(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
 }
 
 void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -136,7 +267,7 @@ void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, c
             int nq = cu_q[s + 1] - cu_q[s];
             int i0 = bl * ATT_BQ, bq = RB_MIN(ATT_BQ, nq - i0);
             att_block b = att_block_at(cu_q, cu_k, s, i0, bq);
-            fwd_block(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
+            fwd_item(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
         }
     }
     openblas_set_num_threads(saved);
@@ -159,11 +290,7 @@ static void bwd_block(float *dq, float *dk, float *dv, const float *dout, const 
     for (int i = 0; i < b.bq; i++) {
         float *row = p_buf + (int64_t)i * b.kend;
         float l = lse[(int64_t)(b.q0 + i) * heads + h];
-        int visible = b.diag + i + 1;
-        for (int j = 0; j < visible; j++)
-            row[j] = expf(row[j] - l);
-        for (int j = visible; j < b.kend; j++)
-            row[j] = 0.0f;
+        exp_row(row, l, b.diag + i + 1, b.kend);
     }
 
     /* dV += P^T dO;  dP = dO V^T */

@@ -4,15 +4,21 @@
  * The LM head at decode time (A: a few hidden rows, B: the [vocab, hidden] lm_head) is this shape.
  * OpenBLAS copies ("packs") the whole of B before every such call, and on some CPUs it runs its
  * SSE3 kernels: both cost more than the arithmetic. Here B is streamed once: OpenMP splits it
- * into blocks of NT_JB rows, and each block meets every row of A as dot products, computed by a
- * register tile of MR rows of A times NR rows of B with vectors along k.
+ * into blocks of rows, and each block meets every row of A.
  *
- * Each C element is one dot product whose order depends only on k (never on m, n or the thread
- * count), so a row's result does not depend on which other rows share the call.
+ * With AVX-512, A (small) is copied once per call into panels of 32 rows laid out k-major, so a
+ * register tile of NP_NR rows of B times 32 rows of A runs as broadcasts of B's elements times
+ * A's panel vectors: C[i][j] is one fused multiply-add chain over k in lane i of a vector,
+ * whatever m is. Elsewhere, a 4 x 4 tile of dot products with vectors along k.
+ *
+ * Each C element's sum order depends only on k (never on m, n or the thread count), so a row's
+ * result does not depend on which other rows share the call.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "cpu_ops.h"
+#include "cpu_simd.h"
 #include "util.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -22,7 +28,7 @@
 #define NT_X86 0
 #endif
 
-/* Rows of B per OpenMP work item: NT_JB * k floats stay in the L2 cache. */
+/* Rows of B per OpenMP work item of the dot-product path. */
 #define NT_JB 64
 
 typedef void (*nt_tile_fn)(const float *const *ap, const float *const *bp, int k,
@@ -61,41 +67,6 @@ static void nt_tile_generic(const float *const *ap, const float *const *bp, int 
 }
 
 #if NT_X86
-/* AVX-512: 16 accumulators of 16 lanes, k in steps of 16, the tail through a masked load. */
-__attribute__((target("avx512f,fma"))) static void
-nt_tile_avx512(const float *const *ap, const float *const *bp, int k, float out[4][4])
-{
-    __m512 acc[4][4];
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    int p = 0;
-    for (; p + 16 <= k; p += 16) {
-        __m512 b[4];
-        for (int j = 0; j < 4; j++)
-            b[j] = _mm512_loadu_ps(bp[j] + p);
-        for (int i = 0; i < 4; i++) {
-            __m512 a = _mm512_loadu_ps(ap[i] + p);
-            for (int j = 0; j < 4; j++)
-                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
-        }
-    }
-    if (p < k) {
-        __mmask16 mask = (__mmask16)((1u << (k - p)) - 1u);
-        __m512 b[4];
-        for (int j = 0; j < 4; j++)
-            b[j] = _mm512_maskz_loadu_ps(mask, bp[j] + p);
-        for (int i = 0; i < 4; i++) {
-            __m512 a = _mm512_maskz_loadu_ps(mask, ap[i] + p);
-            for (int j = 0; j < 4; j++)
-                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
-        }
-    }
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++)
-            out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
 /* AVX2: a 4 x 4 tile of 8-lane accumulators would spill; two 4 x 2 halves instead. */
 __attribute__((target("avx2,fma"))) static void
 nt_tile_avx2(const float *const *ap, const float *const *bp, int k, float out[4][4])
@@ -131,17 +102,116 @@ static nt_tile_fn nt_pick(void)
 {
 #if NT_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
-        return nt_tile_avx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return nt_tile_avx2;
 #endif
     return nt_tile_generic;
 }
 
+#if NT_X86
+/* ---- AVX-512: A in k-major panels of 32 rows, B rows broadcast element by element ---- */
+
+/* Rows of B per register tile (24 accumulators: NP_NR rows x 2 vectors of A rows). */
+#define NP_NR 12
+/* Rows of B per OpenMP work item (4 tiles; 48 KiB at k = 256, within the L2 cache). */
+#define NP_JB 48
+
+/* Copy A (m x k) into panels: panel g holds rows 32g..32g+31 as [k][32], rows past m as 0. */
+static float *np_pack(const float *a, int lda, int m, int k)
+{
+    int groups = (m + 31) / 32;
+    float *ap = xcalloc((size_t)groups * (size_t)k * 32, sizeof(float));
+    for (int i = 0; i < m; i++) {
+        float *dst = ap + (size_t)(i / 32) * (size_t)k * 32 + i % 32;
+        const float *src = a + (int64_t)i * lda;
+        for (int p = 0; p < k; p++)
+            dst[(size_t)p * 32] = src[p];
+    }
+    return ap;
+}
+
+/* t[j][l] = sum_p panel[p][l] * B_j[p] for NP_NR rows of B and the panel's 32 (nv = 2) or first
+ * 16 (nv = 1) lanes; one FMA chain per element, p in order. The next tile's rows of B (nb) are
+ * prefetched meanwhile, a cache line of each per 16 steps: B comes from memory once, and twelve
+ * streams at once are more than the hardware prefetcher follows well. */
+__attribute__((target("avx512f,fma"))) static void
+np_tile(const float *panel, int nv, const float *const *bp, const float *const *nb, int k,
+        float t[NP_NR][32])
+{
+    __m512 acc[NP_NR][2];
+    for (int j = 0; j < NP_NR; j++)
+        acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    for (int p0 = 0; p0 < k; p0 += 16) {
+        for (int j = 0; j < NP_NR; j++)
+            _mm_prefetch((const char *)(nb[j] + p0), _MM_HINT_T0);
+        int p1 = RB_MIN(k, p0 + 16);
+        if (nv == 2) {
+            for (int p = p0; p < p1; p++) {
+                __m512 a0 = _mm512_loadu_ps(panel + (size_t)p * 32);
+                __m512 a1 = _mm512_loadu_ps(panel + (size_t)p * 32 + 16);
+                for (int j = 0; j < NP_NR; j++) {
+                    __m512 bj = _mm512_set1_ps(bp[j][p]);
+                    acc[j][0] = _mm512_fmadd_ps(a0, bj, acc[j][0]);
+                    acc[j][1] = _mm512_fmadd_ps(a1, bj, acc[j][1]);
+                }
+            }
+        } else {
+            for (int p = p0; p < p1; p++) {
+                __m512 a0 = _mm512_loadu_ps(panel + (size_t)p * 32);
+                for (int j = 0; j < NP_NR; j++)
+                    acc[j][0] = _mm512_fmadd_ps(a0, _mm512_set1_ps(bp[j][p]), acc[j][0]);
+            }
+        }
+    }
+    for (int j = 0; j < NP_NR; j++) {
+        _mm512_storeu_ps(t[j], acc[j][0]);
+        _mm512_storeu_ps(t[j] + 16, acc[j][1]);
+    }
+}
+
+static void np_gemm(int m, int n, int k, float alpha, const float *a, int lda, const float *b,
+                    int ldb, float beta, float *c, int ldc)
+{
+    float *ap = np_pack(a, lda, m, k);
+    int groups = (m + 31) / 32, n_blocks = (n + NP_JB - 1) / NP_JB;
+
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < n_blocks; blk++) {
+        int j_end = RB_MIN(n, (blk + 1) * NP_JB);
+        float t[NP_NR][32];
+        for (int g = 0; g < groups; g++) {
+            int rows = RB_MIN(32, m - 32 * g);
+            const float *panel = ap + (size_t)g * (size_t)k * 32;
+            for (int j0 = blk * NP_JB; j0 < j_end; j0 += NP_NR) {
+                /* rows of B past the edge repeat the last one; their results are not stored */
+                const float *bp[NP_NR], *nb[NP_NR];
+                for (int j = 0; j < NP_NR; j++) {
+                    bp[j] = b + (int64_t)RB_MIN(j0 + j, n - 1) * ldb;
+                    nb[j] = b + (int64_t)RB_MIN(j0 + NP_NR + j, n - 1) * ldb;
+                }
+                np_tile(panel, rows > 16 ? 2 : 1, bp, nb, k, t);
+                int cols = RB_MIN(NP_NR, n - j0);
+                for (int i = 0; i < rows; i++) {
+                    float *ci = c + (int64_t)(32 * g + i) * ldc + j0;
+                    for (int j = 0; j < cols; j++)
+                        ci[j] = alpha * t[j][i] + (beta == 0.0f ? 0.0f : beta * ci[j]);
+                }
+            }
+        }
+    }
+    free(ap);
+}
+#endif
+
 void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int lda,
                         const float *b, int ldb, float beta, float *c, int ldc)
 {
+#if NT_X86
+    if (cpu_avx512()) {
+        np_gemm(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+#endif
     nt_tile_fn tile = nt_pick();
     int n_blocks = (n + NT_JB - 1) / NT_JB;
 

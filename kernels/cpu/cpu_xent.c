@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "cpu_ops.h"
+#include "cpu_simd.h"
 #include "util.h"
 
 #ifndef XENT_BLOCK_FLOATS
@@ -40,28 +41,7 @@ static double xent_row_generic(float *row, int vocab, int target, float grad_sca
     return loss;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
-/* exp(x) for x <= 0, 16 lanes: Cephes' expf (x = n ln2 + r, a degree-6 polynomial in r, then
- * scalef by 2^n, which flushes below the float range to 0): within 2 ulp of expf. */
-__attribute__((target("avx512f,fma"))) static inline __m512 exp16(__m512 x)
-{
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(y, n);
-}
-
+#if CPU_X86
 /* xent_row_generic with 16 lanes: the max, then exp and the sum (in double, lanes added in a
  * fixed order), then the scaling. Deterministic; the tail goes through masked loads. */
 __attribute__((target("avx512f,fma"))) static double
@@ -112,9 +92,8 @@ typedef double (*xent_row_fn)(float *row, int vocab, int target, float grad_scal
 
 static xent_row_fn xent_row_pick(void)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
+#if CPU_X86
+    if (cpu_avx512())
         return xent_row_avx512;
 #endif
     return xent_row_generic;
