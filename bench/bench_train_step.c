@@ -144,8 +144,8 @@ int main(int argc, char **argv)
         model_zero_grad(m);
         if (model_forward_backward(m, &b, 1.0f / (float)b.n_supervised, &loss, &n_tok))
             rb_die_err(RB_EXIT_RUNTIME);
-        ops->adamw(tv.params, tv.grads, mom, var, tv.n_padded, 1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f,
-                   s + 1);
+        adamw_scalars sc = adamw_scalars_at(1e-4, 0.9, 0.999, 1e-8, 0.0, s + 1);
+        ops->adamw(tv.params, tv.grads, mom, var, tv.n_padded, &sc);
         ms[s] = (now_seconds() - t0) * 1e3;
     }
     qsort(ms + 1, (size_t)steps, sizeof(double), cmp_double);

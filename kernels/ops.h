@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "adamw_math.h"
 #include "rubric_build.h"
 
 /* NF4 weight (QLoRA) as the backend sees it: bitsandbytes layout, block size `block`.
@@ -151,11 +152,10 @@ typedef struct kernel_ops {
     void (*nf4_dequant_rows)(float *out, const kernel_nf4_weight *w, int64_t row0,
                              int64_t nrows);
 
-    /* ---- AdamW over a flat partition (torch.optim.AdamW semantics) ----
-     * p -= lr * wd * p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
-     * p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). step counts from 1. */
-    void (*adamw)(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1,
-                  float b2, float eps, float wd, int64_t step);
+    /* ---- AdamW over a flat partition: adamw_update (adamw_math.h) on each element, with the
+     * step's scalars from adamw_scalars_at ---- */
+    void (*adamw)(float *p, const float *g, float *m, float *v, int64_t n,
+                  const adamw_scalars *s);
 
     /* 1 when backend buffers are plain host memory (the CPU backend): a caller may then read
      * files straight into them instead of staging and uploading. 0 for device memory. */

@@ -643,8 +643,9 @@ Test(kernels_cuda, adamw_bitwise)
     float *dp = devf(p, n), *dm = G->alloc(sizeof(float) * n), *dv = G->alloc(sizeof(float) * n);
     for (int step = 1; step <= 3; step++) {
         float *g = rand_buf(n, 0.1f), *dg = devf(g, n);
-        C->adamw(p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
-        G->adamw(dp, dg, dm, dv, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        adamw_scalars sc = adamw_scalars_at(1e-3, 0.9, 0.999, 1e-8, 0.01, step);
+        C->adamw(p, g, m, v, n, &sc);
+        G->adamw(dp, dg, dm, dv, n, &sc);
         G->free(dg);
         free(g);
     }

@@ -188,7 +188,8 @@ static void check_reference(const char *name)
     const kernel_ops *ops = model_ops(m);
     float *mom = ops->alloc(sizeof(float) * (size_t)tv.n_padded);
     float *var = ops->alloc(sizeof(float) * (size_t)tv.n_padded);
-    ops->adamw(tv.params, tv.grads, mom, var, tv.n_padded, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, 1);
+    adamw_scalars sc = adamw_scalars_at(1e-2, 0.9, 0.999, 1e-8, 0.01, 1);
+    ops->adamw(tv.params, tv.grads, mom, var, tv.n_padded, &sc);
     float *params = xmalloc(sizeof(float) * (size_t)tv.n_padded);
     ops->download(params, tv.params, sizeof(float) * (size_t)tv.n_padded);
     for (int i = 0; i < tv.n_tensors; i++) {

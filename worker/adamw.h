@@ -2,12 +2,8 @@
  * adamw.h: the optimizer step on one flat fp32 partition (ZeRO-2: each worker updates only its
  * own slice of the trainable-parameter buffer), and the gradient-clipping helpers.
  *
- * adamw_step is torch.optim.AdamW (decoupled weight decay, non-amsgrad, single-tensor path):
- *   p *= 1 - lr * wd
- *   m  = lerp(m, g, 1 - beta1)           v = v * beta2 + (1 - beta2) * g * g
- *   denom = sqrt(v) / sqrt(1 - beta2^t) + eps
- *   p -= lr / (1 - beta1^t) * m / denom
- * with t the 1-based step count (torch's state['step'] after its increment).
+ * adamw_step is torch.optim.AdamW (decoupled weight decay, non-amsgrad, single-tensor path) as
+ * kernels/adamw_math.h defines it for every backend.
  *
  * Clipping as torch.nn.utils.clip_grad_norm_: every worker computes the squared norm of its
  * partition (adamw_grad_sq_norm), the caller all-reduces (sums) those, adamw_clip_coef turns the

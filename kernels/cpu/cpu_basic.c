@@ -398,21 +398,9 @@ void cpu_nf4_dequant_rows(float *out, const kernel_nf4_weight *w, int64_t row0, 
 
 /* ---- AdamW (torch.optim.AdamW, non-fused, fp32) ---- */
 
-void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1,
-               float b2, float eps, float wd, int64_t step)
+void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, const adamw_scalars *s)
 {
-    /* the scalars in double, as torch computes them in Python */
-    double bc1 = 1.0 - pow((double)b1, (double)step);
-    double bc2 = 1.0 - pow((double)b2, (double)step);
-    float step_size = (float)((double)lr / bc1);
-    float bc2_sqrt = (float)sqrt(bc2);
-    float decay = (float)(1.0 - (double)lr * wd);
 #pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        p[i] *= decay;
-        m[i] += (g[i] - m[i]) * (1.0f - b1);
-        v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
-        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-        p[i] += -step_size * (m[i] / denom);
-    }
+    for (int64_t i = 0; i < n; i++)
+        adamw_update(&p[i], &m[i], &v[i], g[i], s);
 }

@@ -48,8 +48,7 @@ void cpu_swiglu_bwd(float *dgate, float *dup, const float *dh, const float *gate
 void cpu_dropout(float *out, const float *in, int64_t n, float p, uint64_t seed);
 void cpu_add(float *y, const float *x, int64_t n);
 void cpu_nf4_dequant_rows(float *out, const kernel_nf4_weight *w, int64_t row0, int64_t nrows);
-void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1,
-               float b2, float eps, float wd, int64_t step);
+void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, const adamw_scalars *s);
 
 /* cpu_attention.c */
 void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,

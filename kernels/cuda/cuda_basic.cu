@@ -221,20 +221,12 @@ void cuda_nf4_dequant_rows(float *out, const kernel_nf4_weight *w, int64_t row0,
     CUDA_CHECK_LAUNCH("nf4_dequant_kernel");
 }
 
-/* ---- AdamW: cpu_adamw's formula and operation order, each operation rounded alone ---- */
+/* ---- AdamW: adamw_math.h's update, bit for bit the CPU's ---- */
 
-void cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1,
-                float b2, float eps, float wd, int64_t step)
+void cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, const adamw_scalars *s)
 {
     if (n <= 0)
         return;
-    /* the scalars in double, then fp32, exactly as cpu_adamw computes them */
-    double bc1 = 1.0 - pow((double)b1, (double)step);
-    double bc2 = 1.0 - pow((double)b2, (double)step);
-    float step_size = (float)((double)lr / bc1);
-    float bc2_sqrt = (float)sqrt(bc2);
-    float decay = (float)(1.0 - (double)lr * wd);
-    adamw_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(p, g, m, v, n, decay, 1.0f - b1, b2,
-                                                      1.0f - b2, bc2_sqrt, eps, -step_size);
+    adamw_kernel<<<cuda_grid_for(n), CUDA_THREADS>>>(p, g, m, v, n, *s);
     CUDA_CHECK_LAUNCH("adamw_kernel");
 }

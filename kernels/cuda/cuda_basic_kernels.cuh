@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "adamw_math.h"
 #include "cuda_hash.h"
 #include "cuda_reduce.h"
 
@@ -188,18 +189,10 @@ __global__ void nf4_dequant_kernel(float *out, const uint8_t *packed, const floa
 }
 
 __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, int64_t n,
-                             float decay, float one_m_b1, float b2, float one_m_b2,
-                             float bc2_sqrt, float eps, float neg_step_size)
+                             adamw_scalars s)
 {
     GRID_STRIDE(i, n) {
-        float gi = g[i];
-        float pi = __fmul_rn(p[i], decay);
-        float mi = __fadd_rn(m[i], __fmul_rn(__fsub_rn(gi, m[i]), one_m_b1));
-        float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(one_m_b2, gi), gi));
-        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
-        p[i] = __fadd_rn(pi, __fmul_rn(neg_step_size, __fdiv_rn(mi, denom)));
-        m[i] = mi;
-        v[i] = vi;
+        adamw_update(&p[i], &m[i], &v[i], g[i], &s);
     }
 }
 

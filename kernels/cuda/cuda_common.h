@@ -125,8 +125,7 @@ void cuda_dropout(float *out, const float *in, int64_t n, float p, uint64_t seed
 void cuda_add(float *y, const float *x, int64_t n);
 void cuda_nf4_dequant_rows(float *out, const kernel_nf4_weight *w, int64_t row0,
                            int64_t nrows);
-void cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1,
-                float b2, float eps, float wd, int64_t step);
+void cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, const adamw_scalars *s);
 
 /* cuda_attention.cu */
 void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,

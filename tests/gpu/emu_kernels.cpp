@@ -97,16 +97,10 @@ static void elementwise()
     vec p = rnd(n, 1), m(n, 0), v(n, 0), ep = p, em = m, ev = v;
     for (int step = 1; step <= 3; step++) {
         vec gr = rnd(n, 0.1f);
-        cpu_adamw(p.data(), gr.data(), m.data(), v.data(), (int64_t)n, 1e-3f, 0.9f, 0.999f,
-                  1e-8f, 0.01f, step);
-        /* cpu_adamw's scalars */
-        double bc1 = 1.0 - std::pow((double)0.9f, (double)step);
-        double bc2 = 1.0 - std::pow((double)0.999f, (double)step);
-        float step_size = (float)((double)1e-3f / bc1), bc2_sqrt = (float)std::sqrt(bc2);
-        float decay = (float)(1.0 - (double)1e-3f * 0.01f);
+        adamw_scalars sc = adamw_scalars_at(1e-3, 0.9, 0.999, 1e-8, 0.01, step);
+        cpu_adamw(p.data(), gr.data(), m.data(), v.data(), (int64_t)n, &sc);
         emu_launch(EW, [&] {
-            adamw_kernel(ep.data(), gr.data(), em.data(), ev.data(), (int64_t)n, decay,
-                         1.0f - 0.9f, 0.999f, 1.0f - 0.999f, bc2_sqrt, 1e-8f, -step_size);
+            adamw_kernel(ep.data(), gr.data(), em.data(), ev.data(), (int64_t)n, sc);
         });
     }
     check("adamw p", ep, p, 0);
