@@ -244,3 +244,36 @@ Test(grammar, merged_space_digit_tokens)
                                          4, 7, 20), RB_EXIT_INPUT);
     cr_assert(strstr(err_msg(), "digit '4'"));
 }
+
+/* grammar_forced on Qwen3: a digit is never forced, the separator after a digit is, the end
+ * token after the last digit is, and nothing once done; a vocabulary with merged " <digit>"
+ * tokens has a choice after a digit, so nothing is forced there. */
+Test(grammar, forced_tokens)
+{
+    load_tokenizer();
+    score_grammar g;
+    cr_assert_eq(grammar_init(&g, tk, 2, 0, 5, im_end, QWEN3_VOCAB), 0, "%s", err_msg());
+    grammar_state s;
+    grammar_state_init(&s);
+    uint32_t id = 0;
+    cr_assert_eq(grammar_forced(&g, &s, &id), 0, "the first digit is a choice");
+    cr_assert_eq(grammar_advance(&g, &s, g.digit_ids[3]), 0);
+    cr_assert_eq(grammar_forced(&g, &s, &id), 1);
+    cr_assert_eq(id, g.space_ids[0]);
+    cr_assert_eq(grammar_advance(&g, &s, id), 0);
+    cr_assert_eq(grammar_forced(&g, &s, &id), 0, "the second digit is a choice");
+    cr_assert_eq(grammar_advance(&g, &s, g.digit_ids[0]), 0);
+    cr_assert_eq(grammar_forced(&g, &s, &id), 1);
+    cr_assert_eq(id, im_end);
+    cr_assert_eq(grammar_advance(&g, &s, id), 0);
+    cr_assert(s.done);
+    cr_assert_eq(grammar_forced(&g, &s, &id), 0, "nothing after the end");
+    grammar_free(&g);
+
+    cr_assert_eq(grammar_init_from_texts(&g, synthetic_text, NULL, RB_ARRAY_LEN(synthetic), 3, 0,
+                                         2, 7, 20), 0, "%s", err_msg());
+    grammar_state_init(&s);
+    cr_assert_eq(grammar_advance(&g, &s, g.digit_ids[0]), 0);
+    cr_assert_eq(grammar_forced(&g, &s, &id), 0, "' ' or a merged ' <digit>': a choice");
+    grammar_free(&g);
+}

@@ -487,6 +487,64 @@ Test(model, prefill_batch_equals_per_row_prefill)
     model_free(m);
 }
 
+/* model_extend_batch gives the logits of every appended token: equal (within 4e-6, as above)
+ * to appending them one at a time, rows of 1, 2 and 3 tokens on top of different cache
+ * lengths; the caches end the same (one more decode step agrees). */
+Test(model, extend_batch_equals_token_by_token)
+{
+    model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    packed_batch b;
+    load_batch("qwen3", &b);
+    int V = model_get_config(m)->vocab_size;
+    enum { R = 3 };
+    int start[R] = {4, 10, 15}, counts[R] = {2, 1, 3}, prefix[R] = {3, 6, 2};
+    cr_assert(b.n_tokens >= 18, "fixture batch too short (%d tokens)", b.n_tokens);
+    model_kv_cache *batched[R], *single[R];
+    uint32_t toks[8];
+    int n_tok = 0;
+    for (int r = 0; r < R; r++) {
+        cr_assert_eq(model_kv_cache_new(m, 32, &batched[r]), 0);
+        cr_assert_eq(model_kv_cache_new(m, 32, &single[r]), 0);
+        const uint32_t *p = b.tokens + start[r] - prefix[r];
+        cr_assert_eq(model_prefill(m, batched[r], p, prefix[r], NULL), 0, "%s", err_msg());
+        cr_assert_eq(model_prefill(m, single[r], p, prefix[r], NULL), 0, "%s", err_msg());
+        memcpy(toks + n_tok, b.tokens + start[r], sizeof(uint32_t) * (size_t)counts[r]);
+        n_tok += counts[r];
+    }
+    float *got = xmalloc(sizeof(float) * (size_t)n_tok * (size_t)V);
+    float *want = xmalloc(sizeof(float) * (size_t)V);
+    cr_assert_eq(model_extend_batch(m, batched, toks, counts, R, got), 0, "%s", err_msg());
+    for (int r = 0, at = 0; r < R; r++)
+        for (int q = 0; q < counts[r]; q++, at++) {
+            cr_assert_eq(model_prefill(m, single[r], toks + at, 1, want), 0);
+            double e = rel_err(got + (int64_t)at * V, want, V);
+            cr_assert(e <= 4e-6, "row %d token %d: logits differ by %.3g", r, q, e);
+        }
+    for (int r = 0; r < R; r++)
+        cr_assert_eq(model_kv_cache_len(batched[r]), model_kv_cache_len(single[r]));
+
+    uint32_t next[R] = {b.tokens[0], b.tokens[1], b.tokens[2]};
+    float *dec = xmalloc(sizeof(float) * R * (size_t)V);
+    cr_assert_eq(model_decode_batch(m, batched, next, R, dec), 0, "%s", err_msg());
+    for (int r = 0; r < R; r++) {
+        cr_assert_eq(model_prefill(m, single[r], next + r, 1, want), 0);
+        double e = rel_err(dec + (int64_t)r * V, want, V);
+        cr_assert(e <= 4e-6, "row %d: decode after extend differs by %.3g", r, e);
+    }
+    model_kv_cache *twice[2] = {batched[0], batched[0]};
+    int two[2] = {1, 1};
+    cr_assert_neq(model_extend_batch(m, twice, toks, two, 2, got), 0);
+    for (int r = 0; r < R; r++) {
+        model_kv_cache_free(batched[r]);
+        model_kv_cache_free(single[r]);
+    }
+    free(dec);
+    free(got);
+    free(want);
+    packed_batch_free(&b);
+    model_free(m);
+}
+
 /* QLoRA: the forward equals the fp32 path run with the dequantized NF4 weights. */
 Test(model, qlora_equals_dequantized_fp32)
 {

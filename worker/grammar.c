@@ -159,6 +159,15 @@ int grammar_allowed(const score_grammar *g, const grammar_state *s, uint32_t *id
     }
 }
 
+int grammar_forced(const score_grammar *g, const grammar_state *s, uint32_t *id)
+{
+    uint32_t ids[2];
+    if (grammar_allowed(g, s, ids, 2) != 1)
+        return 0;
+    *id = ids[0];
+    return 1;
+}
+
 static int find(const uint32_t *ids, int n, uint32_t id)
 {
     for (int i = 0; i < n; i++)

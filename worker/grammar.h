@@ -75,6 +75,9 @@ void grammar_state_init(grammar_state *s);
 
 /* The ids allowed next (none once done). Writes at most `cap` ids; returns how many exist. */
 int grammar_allowed(const score_grammar *g, const grammar_state *s, uint32_t *ids, int cap);
+/* 1 when exactly one id is allowed next (the separator after a digit, or the end token after
+ * the last score), written to *id; 0 otherwise (a choice is due, or the answer is done). */
+int grammar_forced(const score_grammar *g, const grammar_state *s, uint32_t *id);
 /* 1 when id is allowed next. */
 int grammar_accepts(const score_grammar *g, const grammar_state *s, uint32_t id);
 

@@ -137,9 +137,15 @@ int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens
  * rows one after another: sum(counts) tokens) to caches[r] (all distinct), and logits
  * [n_rows, vocab] (host memory; NULL to skip the LM head) receive each row's LAST token's
  * logits. The linear layers and the LM head run once for all rows; attention runs per row.
- * Equals n_rows calls of model_prefill (tests/test_model.c checks it bitwise on the CPU).
+ * Equals n_rows calls of model_prefill up to rounding (tests/test_model.c: within 4e-6).
  */
 int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
                         const int *counts, int n_rows, float *logits);
+/* As model_prefill_batch, but logits [sum(counts), vocab] (host memory) receive the logits of
+ * EVERY appended token, in token order: decoding that appends a token chosen from the last
+ * logits together with tokens known to follow it (a grammar's forced separator) gets all their
+ * logits from one pass. */
+int model_extend_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
+                       const int *counts, int n_rows, float *logits);
 
 #endif

@@ -121,10 +121,10 @@ static void infer_reserve(model *m, int T, int n_rows)
 
 /* ---- one step over several rows ---- */
 
-/* Row r appends counts[r] tokens (taken in order from tokens) to caches[r]; logits [n_rows, V]
- * of each row's last token (host), or NULL. */
+/* Row r appends counts[r] tokens (taken in order from tokens) to caches[r]; logits (host, or
+ * NULL) of each row's last token [n_rows, V], or with all_logits of every token [T, V]. */
 static int infer_step(model *m, model_kv_cache **caches, const int *counts, int n_rows,
-                      const uint32_t *tokens, float *logits)
+                      const uint32_t *tokens, float *logits, int all_logits)
 {
     const model_config *c = &m->cfg;
     const kernel_ops *ops = m->ops;
@@ -143,9 +143,10 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
         if (tokens[t] >= (uint32_t)V)
             return err_set(RB_EXIT_INPUT, "token %u is outside the vocabulary (%d)", tokens[t],
                            V);
+    int n_out = all_logits ? T : n_rows; /* rows of logits */
     int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
     int32_t *cu = xmalloc(sizeof(int32_t) * 4 * (size_t)n_rows);
-    int32_t *last = xmalloc(sizeof(int32_t) * (size_t)n_rows);
+    int32_t *last = xmalloc(sizeof(int32_t) * (size_t)n_out);
     for (int r = 0, t = 0; r < n_rows; r++) {
         int len = caches[r]->len, cnt = counts[r];
         for (int i = 0; i < cnt; i++)
@@ -155,13 +156,16 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
         cu[4 * r + 2] = 0;
         cu[4 * r + 3] = len + cnt;
         t += cnt;
-        last[r] = t - 1;
+        if (!all_logits)
+            last[r] = t - 1;
     }
-    infer_reserve(m, T, n_rows);
+    for (int t = 0; all_logits && t < T; t++)
+        last[t] = t;
+    infer_reserve(m, T, n_out);
     ops->upload(m->infer_tokens, tokens, sizeof(uint32_t) * (size_t)T);
     ops->upload(m->infer_pos, pos, sizeof(int32_t) * (size_t)T);
     ops->upload(m->infer_cu, cu, sizeof(int32_t) * 4 * (size_t)n_rows);
-    ops->upload(m->infer_last, last, sizeof(int32_t) * (size_t)n_rows);
+    ops->upload(m->infer_last, last, sizeof(int32_t) * (size_t)n_out);
     free(pos);
     free(cu);
     free(last);
@@ -175,38 +179,52 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
     for (int r = 0; r < n_rows; r++)
         caches[r]->len += counts[r];
 
-    /* 3. final norm and LM head at each row's last token */
+    /* 3. final norm and LM head at each row's last token (or at every token) */
     if (logits) {
-        ops->gather_rows(m->infer_h, m->infer_x[c->num_hidden_layers % 2], m->infer_last, n_rows,
+        ops->gather_rows(m->infer_h, m->infer_x[c->num_hidden_layers % 2], m->infer_last, n_out,
                          C);
-        ops->rmsnorm_fwd(m->infer_hn, m->infer_rstd, m->infer_h, m->final_norm, n_rows, C,
+        ops->rmsnorm_fwd(m->infer_hn, m->infer_rstd, m->infer_h, m->final_norm, n_out, C,
                          (float)c->rms_norm_eps);
         /* a backend on host memory writes the caller's buffer directly (no copy of
-         * n_rows x V floats per decoding step) */
+         * n_out x V floats per decoding step) */
         float *dst = ops->host_memory ? logits : m->infer_logits;
-        ops->gemm(0, 1, n_rows, V, C, 1.0f, m->infer_hn, C, m->lm_head, C, 0.0f, dst, V);
+        ops->gemm(0, 1, n_out, V, C, 1.0f, m->infer_hn, C, m->lm_head, C, 0.0f, dst, V);
         if (dst != logits)
-            ops->download(logits, dst, sizeof(float) * (size_t)n_rows * V);
+            ops->download(logits, dst, sizeof(float) * (size_t)n_out * V);
     }
     return 0;
 }
 
 int model_prefill(model *m, model_kv_cache *c, const uint32_t *tokens, int n, float *logits)
 {
-    return infer_step(m, &c, &n, 1, tokens, logits);
+    return infer_step(m, &c, &n, 1, tokens, logits, 0);
+}
+
+/* Rows and caches for a batched call: at least one row, no cache given twice. */
+static int check_rows(model_kv_cache **caches, int n_rows, const char *fn)
+{
+    if (n_rows <= 0)
+        return err_set(RB_EXIT_RUNTIME, "%s: no rows (n_rows %d)", fn, n_rows);
+    for (int r = 0; r < n_rows; r++)
+        for (int q = 0; q < r; q++)
+            if (caches[q] == caches[r])
+                return err_set(RB_EXIT_RUNTIME, "%s: rows %d and %d share one KV cache", fn, q,
+                               r);
+    return 0;
 }
 
 int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
                         const int *counts, int n_rows, float *logits)
 {
-    if (n_rows <= 0)
-        return err_set(RB_EXIT_RUNTIME, "model_prefill_batch: no rows (n_rows %d)", n_rows);
-    for (int r = 0; r < n_rows; r++)
-        for (int q = 0; q < r; q++)
-            if (caches[q] == caches[r])
-                return err_set(RB_EXIT_RUNTIME,
-                               "model_prefill_batch: rows %d and %d share one KV cache", q, r);
-    return infer_step(m, caches, counts, n_rows, tokens, logits);
+    int rc = check_rows(caches, n_rows, "model_prefill_batch");
+    return rc ? rc : infer_step(m, caches, counts, n_rows, tokens, logits, 0);
+}
+
+int model_extend_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
+                       const int *counts, int n_rows, float *logits)
+{
+    int rc = check_rows(caches, n_rows, "model_extend_batch");
+    return rc ? rc : infer_step(m, caches, counts, n_rows, tokens, logits, 1);
 }
 
 int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens, int n_rows,
@@ -215,7 +233,7 @@ int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens
     int *counts = xmalloc(sizeof(int) * (size_t)RB_MAX(n_rows, 1));
     for (int r = 0; r < n_rows; r++)
         counts[r] = 1;
-    int rc = infer_step(m, caches, counts, n_rows, tokens, logits);
+    int rc = infer_step(m, caches, counts, n_rows, tokens, logits, 0);
     free(counts);
     return rc;
 }

@@ -32,7 +32,7 @@ struct scorer {
     model_kv_cache **caches;
     prompt_tokens *enc;
     grammar_state *states;
-    float *logits;              /* [batch_rows, vocab] */
+    float *logits;              /* [2 * batch_rows, vocab] */
 
     scorer_stats stats;
 };
@@ -147,7 +147,7 @@ int scorer_new(scorer **out, const scorer_options *o)
     s->caches = xcalloc((size_t)b, sizeof *s->caches);
     s->enc = xcalloc((size_t)b, sizeof *s->enc);
     s->states = xcalloc((size_t)b, sizeof *s->states);
-    s->logits = xmalloc(sizeof(float) * (size_t)b * s->vocab);
+    s->logits = xmalloc(sizeof(float) * 2 * (size_t)b * s->vocab); /* 2 tokens a row a pass */
     *out = s;
     return 0;
 }
@@ -316,23 +316,36 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
     for (int i = 0; i < n && !rc; i++)
         grammar_step(&s->g, &s->states[i], s->logits + (size_t)i * V);
 
-    /* then one token per step for the rows still going */
+    /* then one pass per answer digit: each row still going appends its newest token and, when
+     * the grammar allows only one token after it (the separator after a digit), that token
+     * too; the pass's logits at both give the forced token's off-grammar check and the next
+     * digit. K digits take K passes after the first, not 2K - 1. (The end token after the
+     * last digit is only checked, never fed.) */
+    uint32_t feed[2 * (n > 0 ? n : 1)];
+    int counts[n > 0 ? n : 1];
     while (!rc) {
-        int active = 0;
+        int active = 0, total = 0;
         for (int i = 0; i < n; i++) {
             grammar_state *st = &s->states[i];
             if (st->done)
                 continue;
+            uint32_t forced;
             caches[active] = s->caches[i];
-            tokens[active] = st->tokens[st->n_tokens - 1];
+            feed[total++] = st->tokens[st->n_tokens - 1];
+            counts[active] = 1;
+            if (grammar_forced(&s->g, st, &forced) && forced != s->g.end_id) {
+                feed[total++] = forced;
+                counts[active] = 2;
+            }
             rows[active++] = i;
         }
         if (active == 0)
             break;
-        rc = model_decode_batch(s->m, caches, tokens, active, s->logits);
+        rc = model_extend_batch(s->m, caches, feed, counts, active, s->logits);
         s->stats.decode_steps++;
-        for (int j = 0; j < active && !rc; j++)
-            grammar_step(&s->g, &s->states[rows[j]], s->logits + (size_t)j * V);
+        for (int j = 0, at = 0; j < active && !rc; j++)
+            for (int q = 0; q < counts[j]; q++, at++)
+                grammar_step(&s->g, &s->states[rows[j]], s->logits + (size_t)at * V);
     }
 
     s->stats.decode_seconds += now_seconds() - t1;
