@@ -12,9 +12,11 @@ additionally constrains to the score grammar (the model is random, so it never s
 either side: both decode the full 2K tokens).
 
 transformers is timed three ways: one row per call; --batch rows per call with left padding,
-in input order; and the same with the rows sorted by prompt length first (less padding). The
-fastest of the three is the reference for the ratio. rubric runs at its default batch size
-(score_batch_size) unless --score-batch is given. Model loading is outside every timing.
+in input order; and the same with the rows sorted by prompt length first (less padding). Two
+ratios are printed: against generate on the rows as given (the faster of the first two: the
+goal's 3x), and against the length-sorted batches, a trick rubric does not need (it packs rows
+without padding) that a careful transformers user would add. rubric runs at its default batch
+size (score_batch_size) unless --score-batch is given. Model loading is outside every timing.
 The cost line turns rows/s into cost per million rows at --gpu-hour-cost per worker-hour.
 
 usage (from the source root, after building build-score):
@@ -184,20 +186,24 @@ def main():
                 hf[name] = max(hf.get(name, 0.0), r)
 
     same = [p["scores"] for p in preds_c] == [p["scores"] for p in preds_w]
-    ref = max(hf, key=hf.get)
+    plain = max((str(a.batch), "1"), key=hf.get)
+    srt = str(a.batch) + "s"
     labels = {"1": "1 row per call", str(a.batch): "%d rows per call" % a.batch,
               str(a.batch) + "s": "%d rows per call, sorted by length" % a.batch}
     essays = "whole essays" if a.input_chars <= 0 else "essays cut to %d chars" % a.input_chars
     print("scoring %d ELLIPSE rows (~400-token rubric, %s), K=%d, %d thread(s), random Qwen3 "
           "h256 x4 layers, vocab 151936, best of %d" % (a.rows, essays, K, a.threads, a.repeat))
-    print("  %-52s %9s %9s" % ("", "rows/s", "ratio"))
-    for name in ("1", str(a.batch), str(a.batch) + "s"):
-        print("  %-52s %9.2f %9s" % ("transformers generate, " + labels[name], hf[name], ""))
-    print("  %-52s %9.2f %8.2fx" % ("rubric score, prefix cache off", whole, whole / hf[ref]))
-    print("  %-52s %9.2f %8.2fx" % ("rubric score, prefix cache on", cached, cached / hf[ref]))
+    print("  %-56s %9s %9s %9s" % ("", "rows/s", "vs given", "vs sorted"))
+    for name in ("1", str(a.batch), srt):
+        print("  %-56s %9.2f" % ("transformers generate, " + labels[name], hf[name]))
+    for what, r in (("rubric score, prefix cache off", whole),
+                    ("rubric score, prefix cache on", cached)):
+        print("  %-56s %9.2f %8.2fx %8.2fx" % (what, r, r / hf[plain], r / hf[srt]))
     print("  prefix cache on/off: %.2fx; scores identical with and without: %s" %
           (cached / whole, "yes" if same else "NO"))
-    print("  (ratios against transformers' fastest setting: %s; goal 3x)" % labels[ref])
+    print("  (vs given: against generate on the rows as given, %s, the goal's reference (3x);"
+          % labels[plain])
+    print("   vs sorted: against %s)" % labels[srt])
     if avx512() and "OPENBLAS_CORETYPE" not in os.environ:
         print("  (rubric ran with OPENBLAS_CORETYPE=SkylakeX, as its startup warning advises)")
     print("cost: %.2f rows/s per worker -> %.4f per million rows at gpu_hour_cost %.2f" %
