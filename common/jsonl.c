@@ -21,7 +21,7 @@ const char *jsonl_status_name(int status)
     return status_names[status];
 }
 
-int jsonl_check_input(const char *path, const char *what)
+static int check_path(const char *path, const char *what, int regular_only)
 {
     const char *hint = what ? what : "the path";
     struct stat sb;
@@ -31,16 +31,22 @@ int jsonl_check_input(const char *path, const char *what)
     if (S_ISDIR(sb.st_mode))
         return err_set(RB_EXIT_INPUT, "%s is a directory (%s must name a JSONL file)", path,
                        hint);
+    if (regular_only && !S_ISREG(sb.st_mode))
+        return err_set(RB_EXIT_INPUT, "%s is not a regular file (a pipe or device): rubric "
+                       "reads its input more than once; save it to a file and give that as %s",
+                       path, hint);
     if (access(path, R_OK) != 0)
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check %s)", path, strerror(errno),
                        hint);
     return 0;
 }
 
+int jsonl_check_input(const char *path, const char *what) { return check_path(path, what, 1); }
+
 int jsonl_open(jsonl_reader *r, const char *path)
 {
     memset(r, 0, sizeof *r);
-    int rc = jsonl_check_input(path, NULL);
+    int rc = check_path(path, NULL, 0);
     if (rc)
         return rc;
     r->fp = fopen(path, "rb");

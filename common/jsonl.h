@@ -41,13 +41,14 @@ typedef struct {
     int64_t next_offset;
 } jsonl_reader;
 
-/* Check, before any work, that path is a readable regular file (or a FIFO/device). Returns 0,
- * or RB_EXIT_INPUT with "PATH is a directory" or "PATH: cannot open: REASON". what (e.g. "the
- * dataset path", "--input") names it in the message; NULL: "the path". */
+/* Check, before any work, that path is a readable regular file. Returns 0, or RB_EXIT_INPUT
+ * with "PATH is a directory", "PATH is not a regular file" (a pipe or device: prep and score
+ * read their input more than once) or "PATH: cannot open: REASON". what (e.g. "the dataset
+ * path", "--input") names it in the message; NULL: "the path". */
 int jsonl_check_input(const char *path, const char *what);
 
-/* Open a file for reading (jsonl_check_input first). Returns 0 or RB_EXIT_INPUT (a directory,
- * missing or unreadable, with the path). */
+/* Open a file for reading, once through (a pipe or device is accepted here). Returns 0 or
+ * RB_EXIT_INPUT (a directory, missing or unreadable, with the path). */
 int jsonl_open(jsonl_reader *r, const char *path);
 /* Read the next line. Returns 1 when a line was read, 0 at the end of the file, or -1 on a read
  * error (err_set with the path). */

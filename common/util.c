@@ -81,8 +81,9 @@ noreturn void rb_die_err(int code)
 
 static noreturn void die_oom(size_t n)
 {
-    rb_die(RB_EXIT_RUNTIME, "out of memory allocating %zu bytes; lower micro_batch_size or "
-           "sequence_len, or use a machine with more memory", n);
+    rb_die(RB_EXIT_RUNTIME, "out of memory allocating %zu bytes; lower the batch size "
+           "(training: micro_batch_size or sequence_len; scoring: --batch-rows or "
+           "score_batch_size), or use a machine with more memory", n);
 }
 
 void *xmalloc(size_t n)

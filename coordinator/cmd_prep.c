@@ -92,7 +92,9 @@ int cmd_prep(int argc, char **argv)
     tokenizer *tk = NULL;
     char *cache = NULL;
     prep_stats st;
-    rc = load_tokenizer(&cfg, pc.tokenizer_dir, &tk);
+    rc = config_check_datasets(&cfg);
+    if (!rc)
+        rc = load_tokenizer(&cfg, pc.tokenizer_dir, &tk);
     if (!rc)
         rc = prep_run(&cfg, tk, &cache, &st);
     if (rc)

@@ -271,10 +271,13 @@ static int run_metrics_only(const score_options *o)
 {
     if (!o->input || !o->output)
         return err_set(RB_EXIT_INPUT, "--metrics-only needs --input and --output");
+    int rc = score_check_metrics_path(o);
+    if (rc)
+        return rc;
     char *path = o->metrics_path ? xstrdup(o->metrics_path)
                                  : score_default_metrics_path(o->output);
     int labelled;
-    int rc = score_metrics(o, o->output, path, &labelled);
+    rc = score_metrics(o, o->output, path, &labelled);
     free(path);
     return rc;
 }

@@ -110,8 +110,13 @@ int cmd_train(int argc, char **argv)
         if (!rc && !cli.print_config) {
             if (cli.strict)
                 cfg.strict = 1;
-            rc = config_resolve_model(&cfg);
-            if (rc)
+
+            /* rank 0 reads the data: its files are checked before output_dir is made */
+            int mine = w.rank == 0 ? config_check_datasets(&cfg) : 0;
+            MPI_Allreduce(&mine, &rc, 1, MPI_INT, MPI_MAX, w.world);
+            if (mine)
+                log_error("%s", err_msg());
+            else if (!rc && (rc = config_resolve_model(&cfg)))
                 log_error("%s", err_msg());
             if (!rc)
                 rc = mkdir_p(cfg.output_dir);

@@ -2,6 +2,7 @@
  * (see score.h for the protocol, the output format and the journal). */
 #include "score.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <libgen.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -207,7 +209,7 @@ static int worker_open(score_worker *w, const score_options *o, int k)
     so.k = k;
     so.score_min = o->score_min;
     so.score_max = o->score_max;
-    so.batch_rows = o->batch_rows;
+    so.batch_rows = RB_MIN(o->batch_rows, o->chunk_rows); /* a batch never spans chunks */
     so.prefix_cache = o->prefix_cache;
     so.max_prompt_tokens = o->max_prompt_tokens;
     so.backend = o->backend;
@@ -431,22 +433,104 @@ typedef struct {
 } score_coord;
 
 /* The journal's first line: what the partial output was made from. */
+/* xxh3 of a file's bytes, as 16 hex digits into hex[17] ("unreadable" when it cannot be read). */
+static void file_digest(const char *path, XXH3_state_t *st, char hex[17])
+{
+    FILE *fp = fopen(path, "rb");
+    snprintf(hex, 17, "unreadable");
+    if (!fp)
+        return;
+    XXH3_64bits_reset(st);
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, fp)) > 0)
+        XXH3_64bits_update(st, buf, n);
+    if (!ferror(fp))
+        snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(st));
+    fclose(fp);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* What identifies a model folder's weights cheaply: its config.json's bytes and the name, size
+ * and modification time of every file in it (sorted), hashed. */
+static void model_digest(const char *dir, XXH3_state_t *st, char hex[17])
+{
+    char *cfg = xasprintf("%s/config.json", dir);
+    file_digest(cfg, st, hex);
+    free(cfg);
+    XXH3_64bits_reset(st);
+    XXH3_64bits_update(st, hex, 16);
+    DIR *d = opendir(dir);
+    char **names = NULL;
+    size_t n = 0;
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.')
+            continue;
+        names = xrealloc(names, sizeof *names * (n + 1));
+        names[n++] = xstrdup(e->d_name);
+    }
+    if (d)
+        closedir(d);
+    qsort(names, n, sizeof *names, cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        char *path = xasprintf("%s/%s", dir, names[i]);
+        struct stat sb;
+        if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            int64_t meta[2] = {(int64_t)sb.st_size, (int64_t)sb.st_mtime};
+            XXH3_64bits_update(st, names[i], strlen(names[i]) + 1);
+            XXH3_64bits_update(st, meta, sizeof meta);
+        }
+        free(path);
+        free(names[i]);
+    }
+    free(names);
+    snprintf(hex, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(st));
+}
+
+/* An absolute path for the journal (so ./a and /x/a are one file), or the path as given. */
+static char *canonical(const char *path)
+{
+    char *r = path ? realpath(path, NULL) : NULL;
+    return r ? r : path ? xstrdup(path) : NULL;
+}
+
+/* The journal's first line: everything that decides the output's rows. The model and adapter
+ * are identified by content (the adapter's bytes; the model folder's config.json and file
+ * sizes and dates), so a checkpoint copied over another under the same name is caught. */
 static char *journal_header(const score_options *o, int k)
 {
     struct stat sb;
     int have = stat(o->input, &sb) == 0;
     int64_t size = have ? (int64_t)sb.st_size : -1;
     int64_t mtime = have ? (int64_t)sb.st_mtime : -1;
-    json_t *h = json_pack("{s:s, s:i, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:s?, s:s?, s:b, s:i}",
-                          "journal", "rubric-score", "version", 1, "input", o->input,
+    char *input = canonical(o->input);
+    char *model = o->fake_model ? NULL : canonical(o->model_dir);
+    char *adapter = canonical(o->adapter);
+    char model_hash[17] = "", adapter_hash[17] = "";
+    XXH3_state_t *st = XXH3_createState();
+    if (model)
+        model_digest(model, st, model_hash);
+    if (adapter)
+        file_digest(adapter, st, adapter_hash);
+    XXH3_freeState(st);
+    json_t *h = json_pack("{s:s, s:i, s:s, s:I, s:I, s:i, s:i, s:i, s:i, s:s?, s:s?, s:s?, s:s?, "
+                          "s:b, s:i}",
+                          "journal", "rubric-score", "version", 2, "input", input,
                           "input_size", (json_int_t)size, "input_mtime", (json_int_t)mtime,
                           "chunk_rows", o->chunk_rows, "scores_per_row", k,
                           "score_min", o->score_min, "score_max", o->score_max,
-                          "model", o->fake_model ? NULL : o->model_dir,
-                          "adapter", o->adapter, "fake_model", o->fake_model,
-                          "prompt_style", (int)o->style);
+                          "model", model, "model_files", model ? model_hash : NULL,
+                          "adapter", adapter, "adapter_bytes", adapter ? adapter_hash : NULL,
+                          "fake_model", o->fake_model, "prompt_style", (int)o->style);
     char *text = json_dumps(h, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(h);
+    free(input);
+    free(model);
+    free(adapter);
     return text;
 }
 
@@ -469,9 +553,24 @@ static int journal_mismatch(const char *path, json_t *have, json_t *want)
             continue;
         char *hs = h ? json_dumps(h, JSON_ENCODE_ANY) : NULL;
         char *ws = json_dumps(w, JSON_ENCODE_ANY);
+        if (strcmp(key, "input_mtime") == 0 && h) { /* dates, not epoch seconds */
+            char a[40], b[40];
+            time_t th = (time_t)json_integer_value(h), tw = (time_t)json_integer_value(w);
+            strftime(a, sizeof a, "%Y-%m-%d %H:%M:%S", localtime(&th));
+            strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S", localtime(&tw));
+            free(hs);
+            free(ws);
+            hs = xasprintf("modified %s", a);
+            ws = xasprintf("modified %s", b);
+        }
+        const char *what = strcmp(key, "adapter_bytes") == 0 ? " (the checkpoint's contents)"
+                           : strcmp(key, "model_files") == 0 ? " (the model folder's files)"
+                                                             : "";
         int rc = err_set(RB_EXIT_INPUT, "--resume: %s belongs to a run with other inputs or "
-                         "options: its %s is %s, this run's is %s; drop --resume to start "
-                         "over (or give the same --input and options)", path, key, hs ? hs : "missing", ws);
+                         "options: its %s%s is %s, this run's is %s. To keep the rows already "
+                         "scored, rerun with the same --input, model, adapter and options; to "
+                         "score everything again, drop --resume", path, key, what,
+                         hs ? hs : "missing", ws);
         free(hs);
         free(ws);
         return rc;
@@ -827,8 +926,10 @@ static int infer_k_from(const char *path, int *k)
     if (rc)
         return rc;
     *k = 0;
+    int64_t nonblank = 0;
     for (int i = 0; i < K_SCAN_ROWS && !*k && jsonl_next(&r) > 0; i++) {
         json_t *obj = NULL;
+        nonblank += r.len > strspn(r.line, " \t\r\n");
         if (jsonl_parse(r.line, r.len, &obj, NULL, 0) != JSONL_OK)
             continue;
         const char *out = json_string_value(json_object_get(obj, "output"));
@@ -843,6 +944,8 @@ static int infer_k_from(const char *path, int *k)
         json_decref(obj);
     }
     jsonl_close(&r);
+    if (*k == 0 && nonblank == 0)
+        return err_set(RB_EXIT_INPUT, "%s has no rows (it is empty or only blank lines)", path);
     if (*k == 0)
         return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: none of "
                        "the first %d rows has an \"output\"; give --num-scores K", path,
@@ -864,8 +967,58 @@ static int infer_k(const score_options *o, int *k)
 
 /* --input must be a readable file, --output must not be a folder nor the input itself (the
  * predictions would replace the rows), and neither may be the output's side files. */
+/* 1 when a and b name the same file (the same string, or the same existing inode). */
+static int same_path(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return strcmp(a, b) == 0 || (stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
+                                 sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino);
+}
+
+/* A file this run will write: not a directory, its folder made and writable. */
+static int check_writable(const char *path, const char *what)
+{
+    if (path_is_dir(path))
+        return err_set(RB_EXIT_INPUT, "%s %s is a directory: give a file name", what, path);
+    char *dir = xstrdup(path);
+    const char *d = dirname(dir);
+    int rc = mkdir_p(d);
+    if (!rc && access(d, W_OK) != 0)
+        rc = err_set(RB_EXIT_INPUT, "%s %s: cannot write in %s: %s", what, path, d,
+                     strerror(errno));
+    free(dir);
+    return rc;
+}
+
+int score_check_metrics_path(const score_options *o)
+{
+    char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
+                                  : score_default_metrics_path(o->output);
+    char *partial = xasprintf("%s.partial", o->output);
+    char *journal = xasprintf("%s.journal", o->output);
+    int rc = 0;
+    if (same_path(mpath, o->input))
+        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the input file: the metrics would replace "
+                     "the rows; give another --metrics", mpath);
+    else if (same_path(mpath, o->output) || strcmp(mpath, partial) == 0 ||
+             strcmp(mpath, journal) == 0)
+        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the output (or one of its side files): "
+                     "the metrics would replace the predictions; give another --metrics",
+                     mpath);
+    else if (path_is_dir(mpath))
+        rc = err_set(RB_EXIT_INPUT, "--metrics %s is a directory: give a file name", mpath);
+    free(mpath);
+    free(partial);
+    free(journal);
+    return rc;
+}
+
 static int check_paths(const score_options *o)
 {
+    if (!o->output[0])
+        return err_set(RB_EXIT_INPUT, "--output is empty: give a file name");
+    if (o->metrics_path && !o->metrics_path[0])
+        return err_set(RB_EXIT_INPUT, "--metrics is empty: give a file name");
     int rc = jsonl_check_input(o->input, "--input");
     if (rc)
         return rc;
@@ -884,6 +1037,8 @@ static int check_paths(const score_options *o)
     if (strcmp(o->input, partial) == 0 || strcmp(o->input, journal) == 0)
         rc = err_set(RB_EXIT_INPUT, "--input %s is a side file of --output %s; give another "
                      "--output", o->input, o->output);
+    if (!rc)
+        rc = score_check_metrics_path(o);
     free(partial);
     free(journal);
     return rc;
@@ -970,11 +1125,14 @@ static int score_prepare(const score_options *o, int *k)
     rc = o->k > 0 ? 0 : infer_k(o, k);
     if (!rc)
         rc = check_journal(o, *k);
-    if (rc)
-        return rc;
-    char *dir = xstrdup(o->output);
-    rc = mkdir_p(dirname(dir));
-    free(dir);
+    /* last, as it makes the folders: where the output and the metrics go */
+    char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
+                                  : score_default_metrics_path(o->output);
+    if (!rc)
+        rc = check_writable(o->output, "--output");
+    if (!rc)
+        rc = check_writable(mpath, "--metrics");
+    free(mpath);
     return rc;
 }
 
@@ -1004,12 +1162,14 @@ typedef struct {
 } truth_problems;
 
 /* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
- * -1 when the line is not ours. */
-static int pred_of(const char *line, int k, int *scores, int *off_grammar)
+ * -1 when the line is not ours; *row its "row" (-1 without one). */
+static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64_t *row)
 {
     json_t *obj = json_loads(line, 0, NULL);
     if (!obj)
         return -1;
+    json_t *r = json_object_get(obj, "row");
+    *row = json_is_integer(r) ? (int64_t)json_integer_value(r) : -1;
     const char *status = json_string_value(json_object_get(obj, "status"));
     json_t *arr = json_object_get(obj, "scores");
     int rc = status && strcmp(status, "bad_row") == 0 ? 0 : -1;
@@ -1060,10 +1220,17 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
             break;
         }
         int have_truth = truth_of(in.line, in.len, m->k, m->score_min, m->score_max, t);
-        int have_pred = pred_of(pr.line, m->k, p, &og);
+        int64_t row = -1;
+        int have_pred = pred_of(pr.line, m->k, p, &og, &row);
         if (have_pred < 0)
-            rc = err_set(RB_EXIT_RUNTIME, "%s:%lld: not a prediction line", preds_path,
+            rc = err_set(RB_EXIT_INPUT, "%s:%lld: not a prediction line", preds_path,
                          (long long)pr.lineno);
+        else if (row != in.lineno - 1)
+            rc = err_set(RB_EXIT_INPUT, "%s:%lld: the prediction of row %lld, where row %lld "
+                         "(line %lld of %s) is due: these predictions are not of this input, "
+                         "or not in its order", preds_path, (long long)pr.lineno,
+                         (long long)row, (long long)(in.lineno - 1), (long long)in.lineno,
+                         o->input);
         else if (have_truth < 0 || have_pred == 0) {
             metrics_add_bad(m), metrics_add_bad(base);
             if (have_truth == -2 && have_pred == 1 && tp->n++ == 0) {
@@ -1078,6 +1245,9 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
             metrics_add_row(base, t, modes, 0);
         }
     }
+    if (!rc && jsonl_next(&pr) > 0)
+        rc = err_set(RB_EXIT_INPUT, "%s has more lines than %s (%lld): these predictions are "
+                     "not of this input", preds_path, o->input, (long long)in.lineno);
     jsonl_close(&in);
     jsonl_close(&pr);
     return rc;
@@ -1130,6 +1300,9 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
                      (long long)n_ref);
     } else if (!rc) {
         log_info("no row has a usable \"output\": no metrics");
+        /* a metrics file of an earlier run would now describe other predictions */
+        if (path_exists(metrics_path) && unlink(metrics_path) == 0)
+            log_info("removed %s: it was of an earlier run of %s", metrics_path, preds_path);
     }
     metrics_free(&m);
     metrics_free(&base);

@@ -87,5 +87,8 @@ int score_parse_answer(const char *text, int k, int score_min, int score_max, in
 
 /* The default metrics path for an output path: metrics.json in the output's folder. */
 char *score_default_metrics_path(const char *output);
+/* The metrics file (--metrics, or the default beside --output) is neither the input, the
+ * output, one of its side files, nor a directory. Returns 0 or RB_EXIT_INPUT. */
+int score_check_metrics_path(const score_options *o);
 
 #endif

@@ -456,3 +456,150 @@ Test(score, resume_of_an_interrupted_run_with_another_input_is_refused, .timeout
     cr_assert(access(out, F_OK) != 0);
     st_rm_rf(dir);
 }
+
+/* --metrics may name neither the input nor the output: refused up front, both kept. */
+Test(score, metrics_path_that_is_the_input_or_output_is_refused)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl"), *keep = st_path(dir, "keep.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    st_write_rows(keep, 20, 3, 0);
+    char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                  "--metrics", in, NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "is the input file"), "see %s", log);
+    cr_assert(st_same_file(in, keep), "the input was changed");
+    assert_nothing_written(out);
+    cr_assert(access(out, F_OK) != 0);
+
+    char *a2[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                  "--metrics", out, NULL};
+    cr_assert_eq(st_run(a2, log, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "would replace the predictions"), "see %s", log);
+    assert_nothing_written(out);
+
+    /* the same checks in --metrics-only, once the predictions exist */
+    char *a3[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a3, log, NULL), 0, "see %s", log);
+    char *saved = st_read(out, NULL);
+    char *a4[] = {(char *)st_bin(), "score", "--metrics-only", "--input", in, "--output", out,
+                  "--metrics", out, NULL};
+    cr_assert_eq(st_run(a4, log, NULL), 2, "see %s", log);
+    char *now = st_read(out, NULL);
+    cr_assert_str_eq(now, saved, "the predictions were changed");
+    free(saved);
+    free(now);
+    char *empty[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", "",
+                     NULL};
+    cr_assert_eq(st_run(empty, log, NULL), 2, "see %s", log);
+    st_rm_rf(dir);
+}
+
+/* A pipe as --input is refused (the input is read more than once; a FIFO would hang or lose
+ * rows), with nothing written. */
+Test(score, a_pipe_as_input_is_refused)
+{
+    char *dir = st_tmpdir(), *fifo = st_path(dir, "rows.fifo"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    cr_assert_eq(mkfifo(fifo, 0644), 0);
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", fifo, "--output", out,
+                    "--num-scores", "3", NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "not a regular file"), "see %s", log);
+    assert_nothing_written(out);
+    cr_assert(access(out, F_OK) != 0);
+    st_rm_rf(dir);
+}
+
+/* --metrics-only: predictions of another input (more lines, or rows out of order) are refused,
+ * not silently compared line by line. */
+Test(score, metrics_only_checks_the_predictions_are_of_the_input)
+{
+    char *dir = st_tmpdir(), *log = st_path(dir, "log");
+    char *big = st_path(dir, "big.jsonl"), *out = st_path(dir, "p.jsonl");
+    char *small = st_path(dir, "small.jsonl");
+    st_write_rows(big, 30, 3, 0);
+    st_write_rows(small, 10, 3, 0);
+    char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", big, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 0, "see %s", log);
+    char *a2[] = {(char *)st_bin(), "score", "--metrics-only", "--input", small, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a2, log, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "more lines than"), "see %s", log);
+
+    /* two prediction lines swapped */
+    char *text = st_read(out, NULL);
+    char *l1 = strchr(text, '\n') + 1, *l2 = strchr(l1, '\n') + 1, *l3 = strchr(l2, '\n') + 1;
+    FILE *f = fopen(out, "w");
+    fwrite(text, 1, (size_t)(l1 - text), f);
+    fwrite(l2, 1, (size_t)(l3 - l2), f);
+    fwrite(l1, 1, (size_t)(l2 - l1), f);
+    fputs(l3, f);
+    fclose(f);
+    free(text);
+    char *a3[] = {(char *)st_bin(), "score", "--metrics-only", "--input", big, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a3, log, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "not in its order"), "see %s", log);
+    st_rm_rf(dir);
+}
+
+/* A rescore of the same output without truths removes the earlier run's metrics file. */
+Test(score, no_truths_leave_no_stale_metrics)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *plain = st_path(dir, "plain.jsonl"), *out = st_path(dir, "p.jsonl");
+    char *metrics = st_path(dir, "p.metrics.json");
+    st_write_rows(in, 20, 3, 0);
+    write_text(plain, "{\"instruction\": \"r\", \"input\": \"a\"}\n"
+                      "{\"instruction\": \"r\", \"input\": \"b\"}\n");
+    char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 0, "see %s", log);
+    cr_assert(access(metrics, F_OK) == 0, "no metrics after a labelled run");
+    char *a2[] = {(char *)st_bin(), "score", "--fake-model", "--input", plain, "--output", out,
+                  "--num-scores", "3", NULL};
+    cr_assert_eq(st_run(a2, log, NULL), 0, "see %s", log);
+    cr_assert(access(metrics, F_OK) != 0, "%s of the earlier run is still there", metrics);
+    st_rm_rf(dir);
+}
+
+/* --resume identifies the adapter by its bytes, not its name: the same file given by another
+ * path resumes; another checkpoint copied over the same name is refused. */
+Test(score, resume_checks_the_adapter_contents, .timeout = 120)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "out.jsonl"), *ad = st_path(dir, "a.h5");
+    char *journal = st_path(dir, "out.jsonl.journal");
+    st_write_rows(in, 3000, 3, 0);
+    write_text(ad, "first checkpoint");
+    char rel[600];
+    snprintf(rel, sizeof rel, "%s/./a.h5", dir);
+    for (int round = 0; round < 2; round++) {
+        char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--adapter", ad, "--input", in,
+                      "--output", out, "--chunk-rows", "16", "--fake-delay-us", "3000", NULL};
+        char *run_log = st_path(dir, round ? "log1" : "log0");
+        pid_t pid = st_start(a1, run_log);
+        st_wait_for_text(run_log, "chunks of 16 rows", 1, 60);
+        usleep(500000);
+        st_kill_tree(pid);
+        st_wait(pid, NULL);
+        cr_assert(access(journal, F_OK) == 0);
+        if (round == 1)
+            write_text(ad, "another checkpoint");
+        char *a2[] = {(char *)st_bin(), "score", "--fake-model", "--adapter", rel, "--input", in,
+                      "--output", out, "--chunk-rows", "16", "--resume", NULL};
+        int rc = st_run(a2, log, NULL);
+        if (round == 0) {
+            cr_assert_eq(rc, 0, "the same adapter by another path: see %s", log);
+            cr_assert_eq(unlink(out), 0);
+            unlink(st_path(dir, "out.metrics.json"));
+        } else {
+            cr_assert_eq(rc, 2, "see %s", log);
+            cr_assert(log_has(log, "adapter_bytes"), "see %s", log);
+        }
+    }
+    st_rm_rf(dir);
+}
