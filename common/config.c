@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "log.h"
@@ -792,6 +794,77 @@ static int check_duplicate(load_ctx *cx, yaml_node_pair_t *start, yaml_node_pair
     return 0;
 }
 
+/* Whether name is one of names (NULL-terminated). */
+static int in_names(const char *name, const char *const *names)
+{
+    for (int i = 0; name && names[i]; i++)
+        if (!strcmp(name, names[i]))
+            return 1;
+    return 0;
+}
+
+/* The edit distance of a and b (insertions, deletions, substitutions); 99 for long names. */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 60 || lb >= 64)
+        return 99;
+    int row[64];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j];
+            int cost = a[i - 1] != b[j - 1];
+            row[j] = RB_MIN(RB_MIN(row[j] + 1, row[j - 1] + 1), diag + cost);
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* A close name among `names` (NULL-terminated) for "did you mean": edit distance at most 2. */
+static const char *suggest_among(const char *name, const char *const *names)
+{
+    const char *best = NULL;
+    int best_d = 3;
+    for (int i = 0; name && names[i]; i++) {
+        int d = edit_distance(name, names[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = names[i];
+        }
+    }
+    return best;
+}
+
+/* A close known top-level key for "did you mean". */
+static const char *suggest_key(const char *name)
+{
+    const char *best = NULL;
+    int best_d = 3;
+    for (int k = 0; k < N_KEYS; k++) {
+        int d = edit_distance(name, config_keys[k].name);
+        if (d < best_d) {
+            best_d = d;
+            best = config_keys[k].name;
+        }
+    }
+    return best;
+}
+
+/* " (did you mean 'path'?)" into hint, or "" when no known name is close. */
+static void nested_hint(const char *name, const char *const *names, char *hint, size_t size)
+{
+    const char *near = suggest_among(name, names);
+    if (near)
+        snprintf(hint, size, " (did you mean '%s'?)", near);
+    else if (size)
+        hint[0] = '\0';
+}
+
 /* An unknown key: a warning naming its place, or an error under strict. */
 static int unknown_key(load_ctx *cx, const yaml_node_t *key, const char *where,
                        const char *hint)
@@ -806,11 +879,17 @@ static int unknown_key(load_ctx *cx, const yaml_node_t *key, const char *where,
     return 0;
 }
 
-static int parse_dataset(load_ctx *cx, const char *key, yaml_node_t *n, dataset_spec *ds)
+/* The keys of a dataset entry: read, or accepted and ignored (Hub dataset options). */
+static const char *const dataset_keys[] = {"path", "type", "ds_type", "data_files", "split",
+                                           "name", "train_on_split", "shards", NULL};
+
+/* One entry of `key` (datasets or test_datasets), the index-th; messages read "datasets[0].". */
+static int parse_dataset(load_ctx *cx, const char *key, int index, yaml_node_t *n,
+                         dataset_spec *ds)
 {
-    static const char *const ignored[] = {"data_files", "split", "name", "train_on_split",
-                                          "shards", NULL};
     const char *what = "a mapping like {path: data/train.jsonl, type: alpaca}";
+    char where[64];
+    snprintf(where, sizeof where, "%s[%d].", key, index);
     if (n->type != YAML_MAPPING_NODE)
         return expected(cx, n, key, what);
     yaml_node_pair_t *start = n->data.mapping.pairs.start;
@@ -818,15 +897,15 @@ static int parse_dataset(load_ctx *cx, const char *key, yaml_node_t *n, dataset_
         yaml_node_t *kn = yaml_document_get_node(cx->doc, p->key);
         yaml_node_t *vn = yaml_document_get_node(cx->doc, p->value);
         const char *name = scalar_text(kn);
-        char where[64];
-        snprintf(where, sizeof where, "%s[].", key);
         int rc = check_duplicate(cx, start, p, where);
         if (rc)
             return rc;
         char full[96];
-        snprintf(full, sizeof full, "%s[].%s", key, name ? name : "?");
+        snprintf(full, sizeof full, "%s%s", where, name ? name : "?");
         if (name && !strcmp(name, "path")) {
             rc = get_string(cx, vn, full, "a JSONL file path", &ds->path);
+            ds->path_line = cx->is_override ? -1 : node_line(vn);
+            ds->path_col = cx->is_override ? 0 : node_col(cx, vn);
         } else if (name && !strcmp(name, "type")) {
             const char *s = scalar_text(vn);
             if (!s || strcmp(s, "alpaca"))
@@ -838,12 +917,10 @@ static int parse_dataset(load_ctx *cx, const char *key, yaml_node_t *n, dataset_
             if (!s || (strcmp(s, "json") && strcmp(s, "jsonl")))
                 return expected(cx, vn, full, "json (JSON Lines)");
             rc = get_string(cx, vn, full, NULL, &ds->ds_type);
-        } else {
-            int known = 0;
-            for (int i = 0; name && ignored[i]; i++)
-                known |= !strcmp(name, ignored[i]);
-            if (!known)
-                rc = unknown_key(cx, kn, where, "");
+        } else if (!in_names(name, dataset_keys)) {
+            char hint[96];
+            nested_hint(name, dataset_keys, hint, sizeof hint);
+            rc = unknown_key(cx, kn, where, hint);
         }
         if (rc)
             return rc;
@@ -868,7 +945,7 @@ static int parse_dataset_list(load_ctx *cx, const char *key, yaml_node_t *n, dat
     dataset_spec *list = xcalloc(len ? len : 1, sizeof *list);
     for (int i = 0; i < len; i++) {
         yaml_node_t *item = yaml_document_get_node(cx->doc, n->data.sequence.items.start[i]);
-        int rc = parse_dataset(cx, key, item, &list[i]);
+        int rc = parse_dataset(cx, key, i, item, &list[i]);
         if (rc) {
             dataset_list_free(list, len);
             return rc;
@@ -908,8 +985,13 @@ static int set_special_tokens(rubric_config *cfg, const key_def *k, load_ctx *cx
             rc = get_string(cx, vn, full, "a token string", &cfg->eos_token);
         else if (!rc && !strcmp(name, "bos_token"))
             rc = get_string(cx, vn, full, "a token string", &cfg->bos_token);
-        else if (!rc && strcmp(name, "unk_token"))
-            rc = unknown_key(cx, kn, "special_tokens.", "");
+        else if (!rc && strcmp(name, "unk_token")) {
+            static const char *const token_keys[] = {"pad_token", "eos_token", "bos_token",
+                                                     "unk_token", NULL};
+            char hint[96];
+            nested_hint(name, token_keys, hint, sizeof hint);
+            rc = unknown_key(cx, kn, "special_tokens.", hint);
+        }
         if (rc)
             return rc;
     }
@@ -918,40 +1000,6 @@ static int set_special_tokens(rubric_config *cfg, const key_def *k, load_ctx *cx
 
 /* ------------------------------------------------------------------------------------------ */
 /* Applying a document                                                                        */
-
-/* A close known key for "did you mean": edit distance at most 2. */
-static const char *suggest_key(const char *name)
-{
-    const char *best = NULL;
-    int best_d = 3;
-    size_t la = strlen(name);
-    if (la > 60)
-        return NULL;
-    for (int k = 0; k < N_KEYS; k++) {
-        const char *b = config_keys[k].name;
-        size_t lb = strlen(b);
-        int row[64];
-        for (size_t j = 0; j <= lb && j < 64; j++)
-            row[j] = (int)j;
-        if (lb >= 64)
-            continue;
-        for (size_t i = 1; i <= la; i++) {
-            int diag = row[0];
-            row[0] = (int)i;
-            for (size_t j = 1; j <= lb; j++) {
-                int up = row[j];
-                int cost = name[i - 1] != b[j - 1];
-                row[j] = RB_MIN(RB_MIN(row[j] + 1, row[j - 1] + 1), diag + cost);
-                diag = up;
-            }
-        }
-        if (row[lb] < best_d) {
-            best_d = row[lb];
-            best = b;
-        }
-    }
-    return best;
-}
 
 static int apply_key(rubric_config *cfg, load_ctx *cx, int idx, yaml_node_t *kn, yaml_node_t *vn)
 {
@@ -1017,7 +1065,52 @@ static int apply_mapping(rubric_config *cfg, load_ctx *cx, yaml_node_t *root)
     return 0;
 }
 
-/* Parse YAML text into a document; a syntax error names its place. */
+/* "label:line:col" of a parser mark; --set maps a later line to the end of its value. */
+static void mark_place(const yaml_mark_t *m, int col_shift, size_t len, size_t *line,
+                       size_t *col)
+{
+    *line = m->line + 1;
+    *col = m->column + 1 + (size_t)col_shift;
+    if (col_shift && *line > 1) { /* --set: the end of the one-line value */
+        *line = 1;
+        *col = (size_t)col_shift + len + 1;
+    }
+}
+
+static int syntax_error(yaml_parser_t *parser, const char *label, size_t len, int col_shift)
+{
+    char context[256] = "";
+    if (parser->context)
+        snprintf(context, sizeof context, " %s started at %zu:%zu", parser->context,
+                 parser->context_mark.line + 1,
+                 parser->context_mark.column + 1 + (size_t)col_shift);
+    size_t line, col;
+    mark_place(&parser->problem_mark, col_shift, len, &line, &col);
+    return err_set(RB_EXIT_INPUT, "%s:%zu:%zu: YAML syntax error: %s%s", label, line, col,
+                   parser->problem ? parser->problem : "malformed YAML", context);
+}
+
+/* After the first document, the stream must end: a second document (after `---`) would
+ * otherwise be dropped without a word. */
+static int expect_stream_end(yaml_parser_t *parser, const char *label, size_t len,
+                             int col_shift)
+{
+    yaml_event_t ev;
+    if (!yaml_parser_parse(parser, &ev))
+        return syntax_error(parser, label, len, col_shift);
+    int rc = 0;
+    if (ev.type == YAML_DOCUMENT_START_EVENT) {
+        size_t line, col;
+        mark_place(&ev.start_mark, col_shift, len, &line, &col);
+        rc = err_set(RB_EXIT_INPUT, "%s:%zu:%zu: a second YAML document starts here; rubric "
+                     "reads one document per config file (remove this `---` and merge the "
+                     "keys into one mapping)", label, line, col);
+    }
+    yaml_event_delete(&ev);
+    return rc;
+}
+
+/* Parse YAML text into a document (exactly one); a syntax error names its place. */
 static int load_document(const char *label, const char *text, size_t len, int col_shift,
                          yaml_document_t *doc)
 {
@@ -1025,26 +1118,20 @@ static int load_document(const char *label, const char *text, size_t len, int co
     if (!yaml_parser_initialize(&parser))
         return err_set(RB_EXIT_RUNTIME, "%s: cannot start the YAML parser", label);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    int ok = yaml_parser_load(&parser, doc);
-    if (!ok) {
-        char context[256] = "";
-        if (parser.context)
-            snprintf(context, sizeof context, " %s started at %zu:%zu", parser.context,
-                     parser.context_mark.line + 1,
-                     parser.context_mark.column + 1 + (size_t)col_shift);
-        size_t line = parser.problem_mark.line + 1;
-        size_t col = parser.problem_mark.column + 1 + (size_t)col_shift;
-        if (col_shift && line > 1) { /* --set: the end of the one-line value */
-            line = 1;
-            col = (size_t)col_shift + len + 1;
-        }
-        int rc = err_set(RB_EXIT_INPUT, "%s:%zu:%zu: YAML syntax error: %s%s", label, line, col,
-                         parser.problem ? parser.problem : "malformed YAML", context);
+    if (!yaml_parser_load(&parser, doc)) {
+        int rc = syntax_error(&parser, label, len, col_shift);
         yaml_parser_delete(&parser);
         return rc;
     }
+
+    /* an empty stream has no root and nothing after it */
+    int rc = 0;
+    if (yaml_document_get_root_node(doc))
+        rc = expect_stream_end(&parser, label, len, col_shift);
     yaml_parser_delete(&parser);
-    return 0;
+    if (rc)
+        yaml_document_delete(doc);
+    return rc;
 }
 
 /* Parse cfg->yaml_text (len bytes) as the config named `label` and apply it over the
@@ -1362,6 +1449,62 @@ int config_finalize(rubric_config *cfg)
         return rc;
     config_pick_prompt_format(cfg);
     config_log_infos(cfg);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The dataset files (train, prep)                                                            */
+
+/* "cfg.yml:12:11" for the i-th entry's path, "--set" for an override, the file when unknown. */
+static char *dataset_place(const rubric_config *cfg, const dataset_spec *ds)
+{
+    if (ds->path_line < 0)
+        return xstrdup("--set");
+    if (ds->path_line == 0)
+        return key_place(cfg, "datasets");
+    return xasprintf("%s:%d:%d", config_source(cfg), ds->path_line, ds->path_col);
+}
+
+/* What is wrong with a dataset path (NULL: nothing), as the code reads it: from the cwd. */
+static const char *dataset_path_problem(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return errno == ENOENT || errno == ENOTDIR ? "does not exist" : strerror(errno);
+    if (S_ISDIR(st.st_mode))
+        return "is a directory, not a JSONL file";
+    if (!S_ISREG(st.st_mode))
+        return "is not a regular file";
+    if (access(path, R_OK) != 0)
+        return "cannot be read (permission denied)";
+    return NULL;
+}
+
+int config_check_datasets(const rubric_config *cfg)
+{
+    if (cfg->n_datasets < 1) {
+        char *place = key_place(cfg, "datasets");
+        int rc = err_set(RB_EXIT_INPUT, "%s: datasets: no dataset given; add at least one "
+                         "entry, e.g. `datasets:` then `  - path: data/train.jsonl` and "
+                         "`    type: alpaca`", place);
+        free(place);
+        return rc;
+    }
+    for (int i = 0; i < cfg->n_datasets; i++) {
+        const dataset_spec *ds = &cfg->datasets[i];
+        const char *problem = dataset_path_problem(ds->path);
+        if (!problem)
+            continue;
+        char *place = dataset_place(cfg, ds);
+        char cwd[PATH_MAX], hint[PATH_MAX + 64] = "";
+        if (ds->path[0] != '/' && getcwd(cwd, sizeof cwd))
+            snprintf(hint, sizeof hint, " (relative paths are read from the working "
+                     "directory, %s)", cwd);
+        int rc = err_set(RB_EXIT_INPUT, "%s: datasets[%d].path: %s %s%s", place, i, ds->path,
+                         problem, hint);
+        free(place);
+        return rc;
+    }
     return 0;
 }
 

@@ -26,6 +26,8 @@ typedef struct {
     char *path;     /* JSONL file */
     char *type;     /* "alpaca" */
     char *ds_type;  /* "json" */
+    int path_line;  /* where `path:`'s value is in the config (1-based); 0 unknown, -1 --set */
+    int path_col;
 } dataset_spec;
 
 typedef struct {
@@ -133,6 +135,15 @@ int config_set(rubric_config *cfg, const char *assignment);
 /* Check cross-key consistency, read the DeepSpeed JSON, log the info lines about keys rubric
  * handles differently. Call after load and overrides. */
 int config_finalize(rubric_config *cfg);
+
+/*
+ * For the commands that read the training data (train, prep), before they create anything:
+ * `datasets` has at least one entry and each path (as written: relative to the working
+ * directory) is an existing regular file. Errors name the config file and the line:column of
+ * the entry's `path:` value (or of `datasets:`): "cfg.yml:12:11: datasets[0].path: ...".
+ * Returns 0 or RB_EXIT_INPUT.
+ */
+int config_check_datasets(const rubric_config *cfg);
 
 /* Resolve base_model to a local folder (a path, or a hub id in the Hugging Face cache). */
 int config_resolve_model(rubric_config *cfg);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -270,7 +271,7 @@ Test(config, unknown_lora_target)
 Test(config, unsupported_dataset_type)
 {
     expect_load_error(FIX "bad_dataset_type.yml", 0, FIX "bad_dataset_type.yml:4:11",
-                      "datasets[].type: expected alpaca");
+                      "datasets[0].type: expected alpaca");
 }
 
 Test(config, unknown_key_warns_with_its_line)
@@ -598,4 +599,190 @@ Test(config, every_key_is_documented)
     }
     cr_assert_gt(n, 50);
     free(doc);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* One YAML document per config                                                               */
+
+Test(config, second_document_is_an_error_naming_its_line)
+{
+    /* everything after the `---` used to be dropped without a word */
+    const char *text = "base_model: x\noutput_dir: first\n---\noutput_dir: second\n";
+    rubric_config c;
+    expect_input_error(config_load_text(&c, "cfg.yml", text, 0), "cfg.yml:3:1:",
+                       "a second YAML document starts here");
+    config_free(&c);
+
+    char dir[] = "/tmp/rubric_cfgdoc_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char *path = xasprintf("%s/cfg.yml", dir);
+    write_text(path, text);
+    char *place = xasprintf("%s:3:1:", path);
+    expect_load_error(path, 0, place, "one document per config file");
+
+    /* --set: a value holding a second document */
+    config_defaults(&c);
+    expect_input_error(config_set(&c, "output_dir=a\n---\nb"), "--set:", "second YAML document");
+    config_free(&c);
+    unlink(path);
+    rmdir(dir);
+    free(place);
+    free(path);
+}
+
+Test(config, leading_document_marker_is_fine)
+{
+    rubric_config c;
+    int rc = config_load_text(&c, "cfg.yml", "---\nbase_model: x\noutput_dir: kept\n", 0);
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    cr_assert_str_eq(c.output_dir, "kept");
+    config_free(&c);
+
+    /* an explicit end `...` with nothing after it is one document too */
+    rc = config_load_text(&c, "cfg.yml", "---\noutput_dir: kept\n...\n", 0);
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    cr_assert_str_eq(c.output_dir, "kept");
+    config_free(&c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Dataset files, checked for train and prep before anything is made                          */
+
+/* A temporary folder with cfg.yml holding `text` (each %s: the folder); it is loaded and
+ * finalized, which must succeed: only config_check_datasets looks at the files. */
+static char *dataset_config(char *dir, const char *text, rubric_config *c)
+{
+    cr_assert(mkdtemp(dir));
+    char *path = xasprintf("%s/cfg.yml", dir);
+    char *body = xasprintf(text, dir, dir, dir);
+    write_text(path, body);
+    free(body);
+    int rc = load_final(c, path, 0);
+    cr_assert_eq(rc, 0, "load and finalize must not look at the files: %s", err_msg());
+    return path;
+}
+
+Test(config, missing_dataset_file_names_its_place)
+{
+    char dir[] = "/tmp/rubric_cfgds_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir,
+                                "base_model: x\n"
+                                "datasets:\n"
+                                "  - path: %s/train.jsonl\n"
+                                "    type: alpaca\n"
+                                "  - path: %s/trian.jsonl\n",
+                                &c);
+    char *train = xasprintf("%s/train.jsonl", dir);
+    write_text(train, "{\"instruction\": \"i\", \"input\": \"x\", \"output\": \"1\"}\n");
+
+    /* the first exists; the second, at line 5 column 11, does not */
+    char *place = xasprintf("%s:5:11: datasets[1].path: %s/trian.jsonl does not exist", path,
+                            dir);
+    expect_input_error(config_check_datasets(&c), place, NULL);
+    config_free(&c);
+    free(place);
+
+    /* a relative path is read from the working directory (the source root here) */
+    rubric_config r;
+    int rc = config_load_text(&r, "rel.yml", "datasets:\n  - path: tests/no_such.jsonl\n", 0);
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    r.config_path = xstrdup("rel.yml");
+    expect_input_error(config_check_datasets(&r), "rel.yml:2:11: datasets[0].path",
+                       "tests/no_such.jsonl does not exist");
+    free(r.datasets[0].path);
+    r.datasets[0].path = xstrdup("jobs/example_axolotl.yml"); /* any file there */
+    cr_assert_eq(config_check_datasets(&r), 0, "%s", err_msg());
+    config_free(&r);
+
+    unlink(train);
+    unlink(path);
+    rmdir(dir);
+    free(train);
+    free(path);
+}
+
+Test(config, dataset_path_that_is_a_directory)
+{
+    char dir[] = "/tmp/rubric_cfgds_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir, "base_model: x\ndatasets:\n  - path: %s\n", &c);
+    char *place = xasprintf("%s:3:11: datasets[0].path", path);
+    expect_input_error(config_check_datasets(&c), place, "is a directory");
+    config_free(&c);
+    unlink(path);
+    rmdir(dir);
+    free(place);
+    free(path);
+}
+
+Test(config, empty_or_absent_datasets)
+{
+    char dir[] = "/tmp/rubric_cfgds_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir, "base_model: x\ndatasets: []\n", &c);
+    char *place = xasprintf("%s:2:1: datasets: no dataset given", path);
+    expect_input_error(config_check_datasets(&c), place, NULL);
+    config_free(&c);
+
+    /* no datasets key at all: the file is named */
+    config_load_text(&c, "cfg.yml", "base_model: x\n", 0);
+    expect_input_error(config_check_datasets(&c), "datasets: no dataset given", NULL);
+    config_free(&c);
+    unlink(path);
+    rmdir(dir);
+    free(place);
+    free(path);
+}
+
+Test(config, train_with_a_missing_dataset_makes_no_output_dir)
+{
+    const char *bin = getenv("RUBRIC_BIN");
+    cr_assert(bin, "RUBRIC_BIN is not set (run through meson test)");
+    char dir[] = "/tmp/rubric_cfgds_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir,
+                                "base_model: %s\n" /* a local folder: it resolves */
+                                "output_dir: %s/out\n"
+                                "datasets:\n"
+                                "  - path: %s/missing.jsonl\n",
+                                &c);
+    config_free(&c);
+    char *cmd = xasprintf("'%s' train '%s' 2>'%s/err.txt'", bin, path, dir);
+    int status = system(cmd);
+    char *err_path = xasprintf("%s/err.txt", dir), *err = NULL;
+    cr_assert_eq(read_file(err_path, &err, NULL), 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == RB_EXIT_INPUT, "status %d: %s",
+              status, err);
+    char *place = xasprintf("%s:4:11: datasets[0].path", path);
+    cr_assert(strstr(err, place), "%s", err);
+    char *out = xasprintf("%s/out", dir);
+    cr_assert(!path_exists(out), "output_dir was created before the datasets were checked");
+    unlink(err_path);
+    unlink(path);
+    rmdir(dir);
+    free(out);
+    free(place);
+    free(err);
+    free(err_path);
+    free(cmd);
+    free(path);
+}
+
+Test(config, nested_key_typo_gets_a_suggestion)
+{
+    rubric_config c;
+    capture_begin();
+    int rc = config_load_text(&c, "cfg.yml",
+                              "datasets:\n  - pth: a.jsonl\n    path: a.jsonl\n"
+                              "special_tokens:\n  pad_tokn: x\n",
+                              0);
+    char *log = capture_end();
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    cr_assert(strstr(log, "cfg.yml:2:5: unknown key 'datasets[0].pth' (did you mean 'path'?)"),
+              "%s", log);
+    cr_assert(strstr(log, "unknown key 'special_tokens.pad_tokn' (did you mean 'pad_token'?)"),
+              "%s", log);
+    free(log);
+    config_free(&c);
 }
