@@ -234,6 +234,8 @@ static int resolve_options(score_cli *sc, rubric_config *cfg)
         rc = config_resolve_model(cfg); /* a hub id: its folder in the Hugging Face cache */
     if (!rc)
         rc = score_options_from_config(o, cfg);
+    if (!rc)
+        rc = score_check_adapter_path(o->adapter);
     if (!rc && o->adapter && !o->fake_model) {
         rubric_config ac;
         rc = scorer_adapter_config(o->adapter, &ac);

@@ -990,6 +990,21 @@ static int check_writable(const char *path, const char *what)
     return rc;
 }
 
+int score_check_adapter_path(const char *adapter)
+{
+    if (!adapter || !path_is_dir(adapter))
+        return 0;
+    char *peft = xasprintf("%s/adapter_config.json", adapter);
+    int is_peft = path_exists(peft);
+    free(peft);
+    return is_peft ? err_set(RB_EXIT_INPUT, "--adapter %s is a PEFT adapter folder; score "
+                             "takes rubric checkpoints (.h5). Merge it into the model "
+                             "with PEFT and give the merged folder as --model, or give "
+                             "the rubric checkpoint it was exported from", adapter)
+                   : err_set(RB_EXIT_INPUT, "--adapter %s is a directory; give a rubric "
+                             "checkpoint file (checkpoint-N.h5)", adapter);
+}
+
 int score_check_metrics_path(const score_options *o)
 {
     char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
@@ -1116,6 +1131,8 @@ static int score_prepare(const score_options *o, int *k)
                        o->score_max);
     if (!path_exists(o->input))
         return err_set(RB_EXIT_INPUT, "%s: no such file (check --input)", o->input);
+    if (o->fake_delay_us > 0 && !o->fake_model)
+        log_warn("--fake-delay-us applies to --fake-model only; ignored");
     int rc = check_paths(o);
     if (!rc)
         rc = check_complete_resume(o);

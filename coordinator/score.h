@@ -90,5 +90,8 @@ char *score_default_metrics_path(const char *output);
 /* The metrics file (--metrics, or the default beside --output) is neither the input, the
  * output, one of its side files, nor a directory. Returns 0 or RB_EXIT_INPUT. */
 int score_check_metrics_path(const score_options *o);
+/* --adapter names a file (a folder gets a clear error: a PEFT folder says how to use it).
+ * Returns 0 or RB_EXIT_INPUT. */
+int score_check_adapter_path(const char *adapter);
 
 #endif
