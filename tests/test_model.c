@@ -421,6 +421,60 @@ Test(model, kv_cache_matches_full_forward)
     model_free(m);
 }
 
+/* R pairs of caches holding the same prefixes (row r: the prefix[r] fixture tokens before
+ * start[r]); the rows' own tokens (counts[r] from start[r]) gathered into toks. Returns their
+ * total. */
+static int cache_pairs(model *m, const packed_batch *b, int R, const int *start,
+                       const int *counts, const int *prefix, model_kv_cache **batched,
+                       model_kv_cache **single, uint32_t *toks)
+{
+    int n_tok = 0;
+    for (int r = 0; r < R; r++) {
+        cr_assert(start[r] + counts[r] <= b->n_tokens, "fixture batch too short");
+        cr_assert_eq(model_kv_cache_new(m, 32, &batched[r]), 0);
+        cr_assert_eq(model_kv_cache_new(m, 32, &single[r]), 0);
+        if (prefix[r]) {
+            const uint32_t *p = b->tokens + start[r] - prefix[r];
+            cr_assert_eq(model_prefill(m, batched[r], p, prefix[r], NULL), 0, "%s", err_msg());
+            cr_assert_eq(model_prefill(m, single[r], p, prefix[r], NULL), 0, "%s", err_msg());
+        }
+        memcpy(toks + n_tok, b->tokens + start[r], sizeof(uint32_t) * (size_t)counts[r]);
+        n_tok += counts[r];
+    }
+    return n_tok;
+}
+
+/* The caches of each pair hold the same keys and values: one more decode step agrees (within
+ * 4e-6). A cache given twice to `batched_fn` is an error. Frees the caches. */
+static void decode_agrees_and_free(model *m, const packed_batch *b, int R,
+                                   model_kv_cache **batched, model_kv_cache **single,
+                                   int (*batched_fn)(model *, model_kv_cache **,
+                                                     const uint32_t *, const int *, int,
+                                                     float *))
+{
+    int V = model_get_config(m)->vocab_size;
+    uint32_t next[8];
+    for (int r = 0; r < R; r++)
+        next[r] = b->tokens[r];
+    float *dec = xmalloc(sizeof(float) * (size_t)R * (size_t)V);
+    float *want = xmalloc(sizeof(float) * (size_t)V);
+    cr_assert_eq(model_decode_batch(m, batched, next, R, dec), 0, "%s", err_msg());
+    for (int r = 0; r < R; r++) {
+        cr_assert_eq(model_prefill(m, single[r], next + r, 1, want), 0);
+        double e = rel_err(dec + (int64_t)r * V, want, V);
+        cr_assert(e <= 4e-6, "row %d: the next decode step differs by %.3g", r, e);
+    }
+    model_kv_cache *twice[2] = {batched[0], batched[0]};
+    int two[2] = {1, 1};
+    cr_assert_neq(batched_fn(m, twice, next, two, 2, NULL), 0, "a cache given twice");
+    for (int r = 0; r < R; r++) {
+        model_kv_cache_free(batched[r]);
+        model_kv_cache_free(single[r]);
+    }
+    free(dec);
+    free(want);
+}
+
 /* Batched prefill (rows of different lengths, one on top of a cached prefix, one of a single
  * token) equals one model_prefill per row within 4e-6 (max abs difference over max abs logit,
  * ~30 float ulps): the logits, and the caches it leaves (checked by one more decode step on each
@@ -434,24 +488,12 @@ Test(model, prefill_batch_equals_per_row_prefill)
     int V = model_get_config(m)->vocab_size;
     enum { R = 3 };
     int start[R] = {2, 9, 20}, counts[R] = {5, 9, 1}, prefix[R] = {2, 0, 3};
-    cr_assert(b.n_tokens >= 21, "fixture batch too short (%d tokens)", b.n_tokens);
 
     /* both sides: the same prefixes, then the rows at once or one by one */
     model_kv_cache *batched[R], *single[R];
     uint32_t toks[32];
-    int n_tok = 0;
+    cache_pairs(m, &b, R, start, counts, prefix, batched, single, toks);
     float *got = xmalloc(sizeof(float) * R * (size_t)V), *want = xmalloc(sizeof(float) * (size_t)V);
-    for (int r = 0; r < R; r++) {
-        cr_assert_eq(model_kv_cache_new(m, 32, &batched[r]), 0);
-        cr_assert_eq(model_kv_cache_new(m, 32, &single[r]), 0);
-        if (prefix[r]) {
-            const uint32_t *p = b.tokens + start[r] - prefix[r];
-            cr_assert_eq(model_prefill(m, batched[r], p, prefix[r], NULL), 0, "%s", err_msg());
-            cr_assert_eq(model_prefill(m, single[r], p, prefix[r], NULL), 0, "%s", err_msg());
-        }
-        memcpy(toks + n_tok, b.tokens + start[r], sizeof(uint32_t) * (size_t)counts[r]);
-        n_tok += counts[r];
-    }
     cr_assert_eq(model_prefill_batch(m, batched, toks, counts, R, got), 0, "%s", err_msg());
     for (int r = 0; r < R; r++) {
         cr_assert_eq(model_prefill(m, single[r], b.tokens + start[r], counts[r], want), 0);
@@ -460,27 +502,7 @@ Test(model, prefill_batch_equals_per_row_prefill)
         cr_assert(e <= 4e-6, "row %d: batched prefill logits differ from model_prefill by %.3g",
                   r, e);
     }
-
-    /* the caches hold the same keys and values: one decode step agrees */
-    uint32_t next[R] = {b.tokens[0], b.tokens[1], b.tokens[2]};
-    float *dec = xmalloc(sizeof(float) * R * (size_t)V);
-    cr_assert_eq(model_decode_batch(m, batched, next, R, dec), 0, "%s", err_msg());
-    for (int r = 0; r < R; r++) {
-        cr_assert_eq(model_prefill(m, single[r], next + r, 1, want), 0);
-        double e = rel_err(dec + (int64_t)r * V, want, V);
-        cr_assert(e <= 4e-6, "row %d: decode after batched prefill differs by %.3g", r, e);
-    }
-
-    /* a cache given twice is an error */
-    model_kv_cache *twice[2] = {batched[0], batched[0]};
-    int two[2] = {1, 1};
-    cr_assert_neq(model_prefill_batch(m, twice, toks, two, 2, NULL), 0);
-
-    for (int r = 0; r < R; r++) {
-        model_kv_cache_free(batched[r]);
-        model_kv_cache_free(single[r]);
-    }
-    free(dec);
+    decode_agrees_and_free(m, &b, R, batched, single, model_prefill_batch);
     free(got);
     free(want);
     packed_batch_free(&b);
@@ -498,19 +520,9 @@ Test(model, extend_batch_equals_token_by_token)
     int V = model_get_config(m)->vocab_size;
     enum { R = 3 };
     int start[R] = {4, 10, 15}, counts[R] = {2, 1, 3}, prefix[R] = {3, 6, 2};
-    cr_assert(b.n_tokens >= 18, "fixture batch too short (%d tokens)", b.n_tokens);
     model_kv_cache *batched[R], *single[R];
     uint32_t toks[8];
-    int n_tok = 0;
-    for (int r = 0; r < R; r++) {
-        cr_assert_eq(model_kv_cache_new(m, 32, &batched[r]), 0);
-        cr_assert_eq(model_kv_cache_new(m, 32, &single[r]), 0);
-        const uint32_t *p = b.tokens + start[r] - prefix[r];
-        cr_assert_eq(model_prefill(m, batched[r], p, prefix[r], NULL), 0, "%s", err_msg());
-        cr_assert_eq(model_prefill(m, single[r], p, prefix[r], NULL), 0, "%s", err_msg());
-        memcpy(toks + n_tok, b.tokens + start[r], sizeof(uint32_t) * (size_t)counts[r]);
-        n_tok += counts[r];
-    }
+    int n_tok = cache_pairs(m, &b, R, start, counts, prefix, batched, single, toks);
     float *got = xmalloc(sizeof(float) * (size_t)n_tok * (size_t)V);
     float *want = xmalloc(sizeof(float) * (size_t)V);
     cr_assert_eq(model_extend_batch(m, batched, toks, counts, R, got), 0, "%s", err_msg());
@@ -522,23 +534,7 @@ Test(model, extend_batch_equals_token_by_token)
         }
     for (int r = 0; r < R; r++)
         cr_assert_eq(model_kv_cache_len(batched[r]), model_kv_cache_len(single[r]));
-
-    uint32_t next[R] = {b.tokens[0], b.tokens[1], b.tokens[2]};
-    float *dec = xmalloc(sizeof(float) * R * (size_t)V);
-    cr_assert_eq(model_decode_batch(m, batched, next, R, dec), 0, "%s", err_msg());
-    for (int r = 0; r < R; r++) {
-        cr_assert_eq(model_prefill(m, single[r], next + r, 1, want), 0);
-        double e = rel_err(dec + (int64_t)r * V, want, V);
-        cr_assert(e <= 4e-6, "row %d: decode after extend differs by %.3g", r, e);
-    }
-    model_kv_cache *twice[2] = {batched[0], batched[0]};
-    int two[2] = {1, 1};
-    cr_assert_neq(model_extend_batch(m, twice, toks, two, 2, got), 0);
-    for (int r = 0; r < R; r++) {
-        model_kv_cache_free(batched[r]);
-        model_kv_cache_free(single[r]);
-    }
-    free(dec);
+    decode_agrees_and_free(m, &b, R, batched, single, model_extend_batch);
     free(got);
     free(want);
     packed_batch_free(&b);
