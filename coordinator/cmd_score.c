@@ -1,4 +1,5 @@
 /* cmd_score.c: `rubric score`: data-parallel batch scoring with metrics (see score.h). */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +11,8 @@
 #include "scorer.h"
 #include "util.h"
 #include "world.h"
+
+#include <unistd.h>
 
 enum {
     OPT_MODEL = 1, OPT_ADAPTER, OPT_INPUT, OPT_OUTPUT, OPT_METRICS, OPT_RESUME, OPT_NUM_SCORES,
@@ -49,8 +52,10 @@ static const char score_summary[] =
     "  {\"row\": 0, \"scores\": [3, 4, 2], \"text\": \"3 4 2\", \"status\": \"ok\"}\n"
     "status is ok, off_grammar (plain greedy decoding would have left the grammar; the scores\n"
     "are the constrained answer) or bad_row (with \"error\"). It is written as OUTPUT.partial\n"
-    "with a journal (OUTPUT.journal) and renamed at the end; after a crash or kill, the same\n"
-    "command with --resume goes on where it stopped. When rows have an \"output\", the metrics\n"
+    "with a journal (OUTPUT.journal) and renamed at the end; after a crash or kill (Ctrl-C or\n"
+    "SIGTERM end it at once, keeping what is written), the same command with --resume goes on\n"
+    "where it stopped. The input must be a regular file (it is read more than once); missing\n"
+    "folders of --output and --metrics are created. When rows have an \"output\", the metrics\n"
     "(exact match, accuracy, off-by-1, MAE, Pearson, confusion matrices, off-grammar rate, and\n"
     "the majority baseline) are printed and written to OUTPUT-without-.jsonl.metrics.json.\n"
     "Limitations: scores are single digits (a score range within 0..9); one shared prefix is\n"
@@ -269,6 +274,18 @@ static int resolve_options(score_cli *sc, rubric_config *cfg)
     return 0;
 }
 
+/* Ctrl-C or SIGTERM while scoring: say how to continue, then end as the signal would (the
+ * journal keeps every committed chunk; nothing else needs saving). Rank 0 only. */
+static void on_stop_signal(int sig)
+{
+    static const char msg[] = "\nrubric score: interrupted; the rows written so far are kept: "
+                              "run the same command with --resume to continue\n";
+    ssize_t unused = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)unused;
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static int run_metrics_only(const score_options *o)
 {
     if (!o->input || !o->output)
@@ -313,6 +330,11 @@ int cmd_score(int argc, char **argv)
     if (!rc)
         rc = world_init(&w, &argc, &argv);
     if (!rc) {
+        if (w.rank == 0 && !sc.metrics_only) {
+            if (signal(SIGINT, on_stop_signal) == SIG_IGN)
+                signal(SIGINT, SIG_IGN); /* started ignoring it (nohup): keep so */
+            signal(SIGTERM, on_stop_signal);
+        }
         rc = sc.metrics_only ? (w.rank == 0 ? run_metrics_only(&sc.o) : 0) : score_run(&sc.o);
         if (rc && w.rank == 0)
             log_error("%s", err_msg());

@@ -603,3 +603,23 @@ Test(score, resume_checks_the_adapter_contents, .timeout = 120)
     }
     st_rm_rf(dir);
 }
+
+/* SIGTERM (or Ctrl-C) while scoring ends the run at once with a line saying how to continue;
+ * the journal is there and --resume finishes the output. */
+Test(score, sigterm_says_how_to_resume, .timeout = 120)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl"), *journal = st_path(dir, "p.jsonl.journal");
+    st_write_rows(in, 3000, 3, 0);
+    pid_t pid;
+    run_score(0, in, out, log, 0, 3000, &pid);
+    st_wait_for_text(log, "chunks of 16 rows", 1, 60);
+    usleep(500000);
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    cr_assert_eq(st_wait(pid, NULL), 128 + SIGTERM);
+    cr_assert(log_has(log, "--resume to continue"), "see %s", log);
+    cr_assert(access(journal, F_OK) == 0);
+    cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 0, "see %s", log);
+    cr_assert(access(out, F_OK) == 0 && access(journal, F_OK) != 0);
+    st_rm_rf(dir);
+}
