@@ -85,9 +85,18 @@ void cpu_blas_check(void)
     if (__builtin_cpu_supports("avx512f"))
         want = "SkylakeX";
 #endif
-    log_warn("OpenBLAS runs its '%s' kernels on a CPU that can run '%s' ones (several "
-             "times faster): start rubric with OPENBLAS_CORETYPE=%s in the environment",
-             openblas_get_corename(), want, want);
+    /* once per job, not once per rank: the launchers' rank variables, when set, leave it to
+     * ranks 0 and 1 (the coordinator and the first worker); the others say it at debug level */
+    const char *rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    int rank = 0;
+    for (size_t i = 0; i < sizeof rank_vars / sizeof *rank_vars && rank == 0; i++) {
+        const char *v = getenv(rank_vars[i]);
+        rank = v ? atoi(v) : 0;
+    }
+    log_msg(rank <= 1 ? LOG_WARN : LOG_DEBUG,
+            "OpenBLAS runs its '%s' kernels on a CPU that can run '%s' ones (several times "
+            "faster): start rubric with OPENBLAS_CORETYPE=%s in the environment",
+            openblas_get_corename(), want, want);
 }
 
 /* The LM-head shape (A B^T with B a long [vocab, hidden] matrix) goes to the streaming kernel:
