@@ -1508,6 +1508,33 @@ int config_check_datasets(const rubric_config *cfg)
     return 0;
 }
 
+int config_check_score_files(const rubric_config *cfg)
+{
+    for (int i = 0; i < cfg->n_test_datasets; i++) {
+        const dataset_spec *ds = &cfg->test_datasets[i];
+        const char *problem = dataset_path_problem(ds->path);
+        if (!problem)
+            continue;
+        char *place = ds->path_line > 0 ? xasprintf("%s:%d:%d", config_source(cfg),
+                                                    ds->path_line, ds->path_col)
+                                        : key_place(cfg, "test_datasets");
+        int rc = err_set(RB_EXIT_INPUT, "%s: test_datasets[%d].path: %s %s", place, i,
+                         ds->path, problem);
+        free(place);
+        return rc;
+    }
+    const char *problem = cfg->score_after_train ? dataset_path_problem(cfg->score_after_train)
+                                                 : NULL;
+    if (problem) {
+        char *place = key_place(cfg, "score_after_train");
+        int rc = err_set(RB_EXIT_INPUT, "%s: score_after_train: %s %s", place,
+                         cfg->score_after_train, problem);
+        free(place);
+        return rc;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* base_model: a local folder or a hub id in the Hugging Face cache                           */
 

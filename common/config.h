@@ -144,6 +144,10 @@ int config_finalize(rubric_config *cfg);
  * Returns 0 or RB_EXIT_INPUT.
  */
 int config_check_datasets(const rubric_config *cfg);
+/* The files `rubric train` scores after training (test_datasets, score_after_train) exist and
+ * are regular readable files, checked before training so a typo does not surface after it:
+ * 0, or RB_EXIT_INPUT naming the file:line:column of the key. */
+int config_check_score_files(const rubric_config *cfg);
 
 /* Resolve base_model to a local folder (a path, or a hub id in the Hugging Face cache). */
 int config_resolve_model(rubric_config *cfg);

@@ -113,6 +113,8 @@ int cmd_train(int argc, char **argv)
 
             /* rank 0 reads the data: its files are checked before output_dir is made */
             int mine = w.rank == 0 ? config_check_datasets(&cfg) : 0;
+            if (!mine && w.rank == 0)
+                mine = config_check_score_files(&cfg);
             MPI_Allreduce(&mine, &rc, 1, MPI_INT, MPI_MAX, w.world);
             if (mine)
                 log_error("%s", err_msg());

@@ -786,3 +786,38 @@ Test(config, nested_key_typo_gets_a_suggestion)
     free(log);
     config_free(&c);
 }
+
+/* The files scored after training are checked before training: a missing score_after_train or
+ * test_datasets path names its key's place. */
+Test(config, score_files_checked_before_training)
+{
+    char dir[] = "/tmp/rubric_cfgds_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir,
+                                "base_model: x\n"
+                                "datasets:\n"
+                                "  - path: %s/train.jsonl\n"
+                                "score_after_train: %s/tset.jsonl\n",
+                                &c);
+    char *place = xasprintf("%s:4:1: score_after_train", path);
+    expect_input_error(config_check_score_files(&c), place, "does not exist");
+    free(place);
+    config_free(&c);
+    unlink(path);
+    free(path);
+
+    char dir2[] = "/tmp/rubric_cfgds_XXXXXX";
+    path = dataset_config(dir2,
+                          "base_model: x\n"
+                          "datasets:\n"
+                          "  - path: %s/train.jsonl\n"
+                          "test_datasets:\n"
+                          "  - path: %s\n",
+                          &c);
+    expect_input_error(config_check_score_files(&c), "test_datasets[0].path", "is a directory");
+    config_free(&c);
+    unlink(path);
+    rmdir(dir);
+    rmdir(dir2);
+    free(path);
+}
