@@ -80,11 +80,7 @@ void cpu_blas_check(void)
     done = 1;
     if (!cpu_blas_slow())
         return;
-    const char *want = "Haswell";
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f"))
-        want = "SkylakeX";
-#endif
+    const char *want = cpu_avx512() ? "SkylakeX" : "Haswell";
     /* once per job, not once per rank: the launchers' rank variables, when set, leave it to
      * ranks 0 and 1 (the coordinator and the first worker); the others say it at debug level */
     const char *rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};

@@ -21,12 +21,6 @@
 #include "cpu_simd.h"
 #include "util.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define NT_X86 1
-#else
-#define NT_X86 0
-#endif
 
 /* Rows of B per OpenMP work item of the dot-product path. */
 #define NT_JB 64
@@ -66,7 +60,7 @@ static void nt_tile_generic(const float *const *ap, const float *const *bp, int 
         }
 }
 
-#if NT_X86
+#if CPU_X86
 /* AVX2: a 4 x 4 tile of 8-lane accumulators would spill; two 4 x 2 halves instead. */
 __attribute__((target("avx2,fma"))) static void
 nt_tile_avx2(const float *const *ap, const float *const *bp, int k, float out[4][4])
@@ -100,7 +94,7 @@ nt_tile_avx2(const float *const *ap, const float *const *bp, int k, float out[4]
 
 static nt_tile_fn nt_pick(void)
 {
-#if NT_X86
+#if CPU_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return nt_tile_avx2;
@@ -108,7 +102,7 @@ static nt_tile_fn nt_pick(void)
     return nt_tile_generic;
 }
 
-#if NT_X86
+#if CPU_X86
 /* ---- AVX-512: A in k-major panels of 32 rows, B rows broadcast element by element ---- */
 
 /* Rows of B per register tile (24 accumulators: NP_NR rows x 2 vectors of A rows). */
@@ -206,7 +200,7 @@ static void np_gemm(int m, int n, int k, float alpha, const float *a, int lda, c
 void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int lda,
                         const float *b, int ldb, float beta, float *c, int ldc)
 {
-#if NT_X86
+#if CPU_X86
     if (cpu_avx512()) {
         np_gemm(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
@@ -237,15 +231,9 @@ void cpu_gemm_nt_stream(int m, int n, int k, float alpha, const float *a, int ld
 
 /* ---- C = A B + beta C with k long (the LM head's backward: dlogits [m, vocab] . W) ---- */
 
-#if NT_X86
+#if CPU_X86
 /* Rows of B (k) per pass over a column slice: NN_KB x 32 floats stay in the L1/L2 cache. */
 #define NN_KB 256
-
-static __mmask16 nn_mask(int width) /* lanes [0, width) of 16, width clamped to 0..16 */
-{
-    width = RB_MAX(0, RB_MIN(16, width));
-    return (__mmask16)(width == 16 ? 0xffffu : (1u << width) - 1u);
-}
 
 /* One slice of 32 columns of C, all rows: C is read and written once per NN_KB rows of B, the
  * 8 x 32 tile of C in registers meanwhile (one broadcast of A per row, two loads of B). */
@@ -253,7 +241,7 @@ __attribute__((target("avx512f,fma"))) static void
 nn_slice_avx512(int m, int k, int c0, int width, const float *a, int lda, const float *b, int ldb,
                 float beta, float *c, int ldc)
 {
-    __mmask16 k0 = nn_mask(width), k1 = nn_mask(width - 16);
+    __mmask16 k0 = cpu_mask16(width), k1 = cpu_mask16(width - 16);
     for (int i = 0; i < m; i++) {
         float *ci = c + (int64_t)i * ldc + c0;
         __m512 vb = _mm512_set1_ps(beta);
@@ -298,9 +286,8 @@ nn_slice_avx512(int m, int k, int c0, int width, const float *a, int lda, const 
 
 int cpu_gemm_nn_stream_available(void)
 {
-#if NT_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
+#if CPU_X86
+    return cpu_avx512();
 #else
     return 0;
 #endif
@@ -309,7 +296,7 @@ int cpu_gemm_nn_stream_available(void)
 void cpu_gemm_nn_stream(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                         float beta, float *c, int ldc)
 {
-#if NT_X86
+#if CPU_X86
     int n_slices = (n + 31) / 32;
 #pragma omp parallel for schedule(static)
     for (int s = 0; s < n_slices; s++)
