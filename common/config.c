@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "jsonl.h"
 #include "log.h"
 #include "util.h"
 
@@ -1456,28 +1457,53 @@ int config_finalize(rubric_config *cfg)
 /* The dataset files (train, prep)                                                            */
 
 /* "cfg.yml:12:11" for the i-th entry's path, "--set" for an override, the file when unknown. */
-static char *dataset_place(const rubric_config *cfg, const dataset_spec *ds)
+static char *dataset_place(const rubric_config *cfg, const dataset_spec *ds, const char *key)
 {
     if (ds->path_line < 0)
         return xstrdup("--set");
     if (ds->path_line == 0)
-        return key_place(cfg, "datasets");
+        return key_place(cfg, key);
     return xasprintf("%s:%d:%d", config_source(cfg), ds->path_line, ds->path_col);
 }
 
 /* What is wrong with a dataset path (NULL: nothing), as the code reads it: from the cwd. */
 static const char *dataset_path_problem(const char *path)
 {
-    struct stat st;
-    if (stat(path, &st) != 0)
+    switch (jsonl_path_check(path, 1)) {
+    case JSONL_PATH_OK:
+        return NULL;
+    case JSONL_PATH_MISSING:
         return errno == ENOENT || errno == ENOTDIR ? "does not exist" : strerror(errno);
-    if (S_ISDIR(st.st_mode))
+    case JSONL_PATH_DIR:
         return "is a directory, not a JSONL file";
-    if (!S_ISREG(st.st_mode))
+    case JSONL_PATH_NOT_REGULAR:
         return "is not a regular file";
-    if (access(path, R_OK) != 0)
+    default:
         return "cannot be read (permission denied)";
-    return NULL;
+    }
+}
+
+/* Each entry of a dataset list (key: "datasets" or "test_datasets") names a readable regular
+ * file; the first that does not is the error, at its path's place. */
+static int check_dataset_list(const rubric_config *cfg, const dataset_spec *list, int n,
+                              const char *key)
+{
+    for (int i = 0; i < n; i++) {
+        const dataset_spec *ds = &list[i];
+        const char *problem = dataset_path_problem(ds->path);
+        if (!problem)
+            continue;
+        char *place = dataset_place(cfg, ds, key);
+        char cwd[PATH_MAX], hint[PATH_MAX + 64] = "";
+        if (ds->path[0] != '/' && getcwd(cwd, sizeof cwd))
+            snprintf(hint, sizeof hint, " (relative paths are read from the working "
+                     "directory, %s)", cwd);
+        int rc = err_set(RB_EXIT_INPUT, "%s: %s[%d].path: %s %s%s", place, key, i, ds->path,
+                         problem, hint);
+        free(place);
+        return rc;
+    }
+    return 0;
 }
 
 int config_check_datasets(const rubric_config *cfg)
@@ -1490,39 +1516,14 @@ int config_check_datasets(const rubric_config *cfg)
         free(place);
         return rc;
     }
-    for (int i = 0; i < cfg->n_datasets; i++) {
-        const dataset_spec *ds = &cfg->datasets[i];
-        const char *problem = dataset_path_problem(ds->path);
-        if (!problem)
-            continue;
-        char *place = dataset_place(cfg, ds);
-        char cwd[PATH_MAX], hint[PATH_MAX + 64] = "";
-        if (ds->path[0] != '/' && getcwd(cwd, sizeof cwd))
-            snprintf(hint, sizeof hint, " (relative paths are read from the working "
-                     "directory, %s)", cwd);
-        int rc = err_set(RB_EXIT_INPUT, "%s: datasets[%d].path: %s %s%s", place, i, ds->path,
-                         problem, hint);
-        free(place);
-        return rc;
-    }
-    return 0;
+    return check_dataset_list(cfg, cfg->datasets, cfg->n_datasets, "datasets");
 }
 
 int config_check_score_files(const rubric_config *cfg)
 {
-    for (int i = 0; i < cfg->n_test_datasets; i++) {
-        const dataset_spec *ds = &cfg->test_datasets[i];
-        const char *problem = dataset_path_problem(ds->path);
-        if (!problem)
-            continue;
-        char *place = ds->path_line > 0 ? xasprintf("%s:%d:%d", config_source(cfg),
-                                                    ds->path_line, ds->path_col)
-                                        : key_place(cfg, "test_datasets");
-        int rc = err_set(RB_EXIT_INPUT, "%s: test_datasets[%d].path: %s %s", place, i,
-                         ds->path, problem);
-        free(place);
+    int rc = check_dataset_list(cfg, cfg->test_datasets, cfg->n_test_datasets, "test_datasets");
+    if (rc)
         return rc;
-    }
     const char *problem = cfg->score_after_train ? dataset_path_problem(cfg->score_after_train)
                                                  : NULL;
     if (problem) {

@@ -21,24 +21,35 @@ const char *jsonl_status_name(int status)
     return status_names[status];
 }
 
+jsonl_path_state jsonl_path_check(const char *path, int regular_only)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return JSONL_PATH_MISSING;
+    if (S_ISDIR(sb.st_mode))
+        return JSONL_PATH_DIR;
+    if (regular_only && !S_ISREG(sb.st_mode))
+        return JSONL_PATH_NOT_REGULAR;
+    return access(path, R_OK) != 0 ? JSONL_PATH_UNREADABLE : JSONL_PATH_OK;
+}
+
 static int check_path(const char *path, const char *what, int regular_only)
 {
     const char *hint = what ? what : "the path";
-    struct stat sb;
-    if (stat(path, &sb) != 0)
-        return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check %s)", path, strerror(errno),
-                       hint);
-    if (S_ISDIR(sb.st_mode))
+    switch (jsonl_path_check(path, regular_only)) {
+    case JSONL_PATH_OK:
+        return 0;
+    case JSONL_PATH_DIR:
         return err_set(RB_EXIT_INPUT, "%s is a directory (%s must name a JSONL file)", path,
                        hint);
-    if (regular_only && !S_ISREG(sb.st_mode))
+    case JSONL_PATH_NOT_REGULAR:
         return err_set(RB_EXIT_INPUT, "%s is not a regular file (a pipe or device): rubric "
                        "reads its input more than once; save it to a file and give that as %s",
                        path, hint);
-    if (access(path, R_OK) != 0)
+    default: /* missing or unreadable */
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s (check %s)", path, strerror(errno),
                        hint);
-    return 0;
+    }
 }
 
 int jsonl_check_input(const char *path, const char *what) { return check_path(path, what, 1); }

@@ -41,6 +41,18 @@ typedef struct {
     int64_t next_offset;
 } jsonl_reader;
 
+/* What stands in the way of reading path as an input file (errno kept for JSONL_PATH_MISSING
+ * and JSONL_PATH_UNREADABLE); regular_only: a pipe or device is JSONL_PATH_NOT_REGULAR. The one
+ * test behind jsonl_check_input and the config's dataset checks, which word it each their way. */
+typedef enum {
+    JSONL_PATH_OK,
+    JSONL_PATH_MISSING,      /* stat failed */
+    JSONL_PATH_DIR,
+    JSONL_PATH_NOT_REGULAR,
+    JSONL_PATH_UNREADABLE,
+} jsonl_path_state;
+jsonl_path_state jsonl_path_check(const char *path, int regular_only);
+
 /* Check, before any work, that path is a readable regular file. Returns 0, or RB_EXIT_INPUT
  * with "PATH is a directory", "PATH is not a regular file" (a pipe or device: prep and score
  * read their input more than once) or "PATH: cannot open: REASON". what (e.g. "the dataset

@@ -1040,11 +1040,7 @@ static int check_paths(const score_options *o)
     if (path_is_dir(o->output))
         return err_set(RB_EXIT_INPUT, "--output %s is a directory: give a file name (e.g. "
                        "%s/preds.jsonl)", o->output, o->output);
-    struct stat si, so;
-    int same = strcmp(o->input, o->output) == 0 ||
-               (stat(o->input, &si) == 0 && stat(o->output, &so) == 0 &&
-                si.st_dev == so.st_dev && si.st_ino == so.st_ino);
-    if (same)
+    if (same_path(o->input, o->output))
         return err_set(RB_EXIT_INPUT, "--output %s is the input file: the predictions would "
                        "replace the rows; give another --output", o->output);
     char *partial = xasprintf("%s.partial", o->output);

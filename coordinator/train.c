@@ -650,20 +650,6 @@ static int score_files(const rubric_config *cfg, const char **files)
     return n;
 }
 
-/* Rank 0, before training: every file to score exists (a typo fails now, not after hours). */
-static int check_score_files(const rubric_config *cfg)
-{
-    const char **files = xcalloc((size_t)cfg->n_test_datasets + 1, sizeof *files);
-    int n = score_files(cfg, files), rc = 0;
-    for (int i = 0; i < n && !rc; i++)
-        if (!files[i] || !path_exists(files[i]))
-            rc = err_set(RB_EXIT_INPUT, "%s: %s: no such file (check score_after_train / "
-                         "test_datasets)", cfg->config_path ? cfg->config_path : "config",
-                         files[i] ? files[i] : "(no path)");
-    free(files);
-    return rc;
-}
-
 /* "data/test.jsonl" -> "test" (the basename without .jsonl or .json). */
 static char *file_stem(const char *path)
 {
@@ -766,13 +752,11 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
 
     train_install_signals(w->is_coordinator);
 
-    /* 1. rank 0 checks output_dir and the files to score after training, and prepares the
-     *    dataset; everyone learns where it is */
+    /* 1. rank 0 checks output_dir and prepares the dataset (the files to score after training
+     *    were checked by cmd_train with config_check_score_files); everyone learns where it is */
     char *path = NULL;
     int rc = w->rank == 0 ? check_fresh_output_dir(&t) : 0;
     rc = agree(w, rc, "checking output_dir");
-    if (!rc && w->rank == 0)
-        rc = check_score_files(cfg);
     if (!rc && w->rank == 0)
         rc = prepare_dataset(&t, &path);
     rc = agree(w, rc, "preparing the dataset");
