@@ -50,32 +50,6 @@ static void load_batch(const char *path, packed_batch *b)
     json_decref(root);
 }
 
-/* Useful FLOPs of one step (what a perfect implementation must do). */
-static double step_flops(const model_config *c, const packed_batch *b, int r)
-{
-    double T = b->n_tokens, C = c->hidden_size, I = c->intermediate_size;
-    double qd = (double)c->num_attention_heads * c->head_dim;
-    double kvd = (double)c->num_key_value_heads * c->head_dim;
-    double io[7][2] = {{C, qd}, {C, kvd}, {C, kvd}, {qd, C}, {C, I}, {C, I}, {I, C}};
-    double f = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        for (int mod = 0; mod < 7; mod++) {
-            double in = io[mod][0], out = io[mod][1];
-            f += 2 * T * in * out;                       /* base forward */
-            if (l > 0 || mod > 2)
-                f += 2 * T * in * out;                   /* base backward (dx) */
-            f += 2 * T * r * (in + out) * 3;             /* LoRA forward + backward */
-        }
-    double pairs = 0;
-    for (int s = 0; s < b->n_samples; s++) {
-        double n = b->cu_seqlens[s + 1] - b->cu_seqlens[s];
-        pairs += n * (n + 1) / 2;
-    }
-    f += c->num_hidden_layers * pairs * qd * 2 * (2 + 5); /* attention fwd 2, bwd 5 matmuls */
-    f += 2.0 * 2 * b->n_supervised * C * c->vocab_size;    /* LM head fwd + bwd */
-    return f;
-}
-
 static double sgemm_gflops(const kernel_ops *ops)
 {
     int m = 1024, n = 1536, k = 512, reps = 20;
@@ -150,7 +124,7 @@ int main(int argc, char **argv)
     }
     qsort(ms + 1, (size_t)steps, sizeof(double), cmp_double);
     double med = ms[1 + steps / 2], best = ms[1];
-    double flops = step_flops(model_get_config(m), &b, r);
+    double flops = model_step_flops(model_get_config(m), &b, r);
     printf("{\"ms_per_step\": %.2f, \"ms_best\": %.2f, \"loss\": %.6f, \"n_tok\": %lld, "
            "\"gflop_per_step\": %.3f, \"achieved_gflops\": %.2f, \"sgemm_gflops\": %.2f, "
            "\"peak_rss_mb\": %.1f, \"model_mb\": %.1f, \"trainable\": %lld}\n",

@@ -479,3 +479,28 @@ int model_logits_at(model *m, const packed_batch *b, const int32_t *rows, int n_
     ops->free(lg);
     return 0;
 }
+
+double model_step_flops(const model_config *c, const packed_batch *b, int r)
+{
+    double T = b->n_tokens, C = c->hidden_size, I = c->intermediate_size;
+    double qd = (double)c->num_attention_heads * c->head_dim;
+    double kvd = (double)c->num_key_value_heads * c->head_dim;
+    double io[7][2] = {{C, qd}, {C, kvd}, {C, kvd}, {qd, C}, {C, I}, {C, I}, {I, C}};
+    double f = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int mod = 0; mod < 7; mod++) {
+            double in = io[mod][0], out = io[mod][1];
+            f += 2 * T * in * out;                       /* base forward */
+            if (l > 0 || mod > 2)
+                f += 2 * T * in * out;                   /* base backward (dx) */
+            f += 2 * T * r * (in + out) * 3;             /* LoRA forward + backward */
+        }
+    double pairs = 0;
+    for (int s = 0; s < b->n_samples; s++) {
+        double n = b->cu_seqlens[s + 1] - b->cu_seqlens[s];
+        pairs += n * (n + 1) / 2;
+    }
+    f += c->num_hidden_layers * pairs * qd * 2 * (2 + 5); /* attention fwd 2, bwd 5 matmuls */
+    f += 2.0 * 2 * b->n_supervised * C * c->vocab_size;    /* LM head fwd + bwd */
+    return f;
+}

@@ -148,4 +148,10 @@ int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *token
 int model_extend_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
                        const int *counts, int n_rows, float *logits);
 
+/* The FLOPs one training step of batch b must do at the least (MFU's numerator, for the
+ * benchmarks and the GPU check): base forward, the input gradient of every linear layer but
+ * layer 0's q/k/v (their input, the embeddings, is frozen), LoRA rank r forward and backward,
+ * causal attention forward and backward per sample, and the LM head at supervised rows. */
+double model_step_flops(const model_config *c, const packed_batch *b, int r);
+
 #endif

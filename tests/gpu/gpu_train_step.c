@@ -46,30 +46,6 @@ static void make_batch(packed_batch *b, int n_seq, int seq_len, int vocab)
     b->cu_seqlens[n_seq] = n_seq * seq_len;
 }
 
-/* FLOPs a perfect implementation must do in one step with a frozen base. */
-static double step_flops(const model_config *c, const packed_batch *b, int r)
-{
-    double T = b->n_tokens, C = c->hidden_size, I = c->intermediate_size;
-    double qd = (double)c->num_attention_heads * c->head_dim;
-    double kvd = (double)c->num_key_value_heads * c->head_dim;
-    double io[7][2] = {{C, qd}, {C, kvd}, {C, kvd}, {qd, C}, {C, I}, {C, I}, {I, C}};
-    double f = 0;
-    for (int mod = 0; mod < 7; mod++) {
-        double in = io[mod][0], out = io[mod][1];
-        f += 2 * 2 * T * in * out;           /* base forward + input gradient */
-        f += 3 * 2 * T * r * (in + out);     /* LoRA forward + both backward GEMMs */
-    }
-    f *= c->num_hidden_layers;
-    double pairs = 0;
-    for (int s = 0; s < b->n_samples; s++) {
-        double n = b->cu_seqlens[s + 1] - b->cu_seqlens[s];
-        pairs += n * (n + 1) / 2;
-    }
-    f += c->num_hidden_layers * pairs * qd * 2 * (2 + 5); /* attention: fwd 2, bwd 5 GEMMs */
-    f += 2.0 * 2 * (double)b->n_supervised * C * c->vocab_size; /* LM head fwd + bwd */
-    return f;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -127,7 +103,7 @@ int main(int argc, char **argv)
 
     /* 4. the report */
     qsort(ms + 1, (size_t)steps, sizeof(double), cmp_double);
-    double med = ms[1 + steps / 2], flops = step_flops(cfg, &b, r);
+    double med = ms[1 + steps / 2], flops = model_step_flops(cfg, &b, r);
     double peak_mib = 0;
 #if RUBRIC_HAVE_CUDA
     if (strcmp(ops->name, "cuda") == 0)
