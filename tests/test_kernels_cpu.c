@@ -12,6 +12,7 @@
 #include "nf4.h"
 #include "ops.h"
 #include "util.h"
+#include "test_rand.h"
 
 
 static const kernel_ops *K;
@@ -26,8 +27,7 @@ static uint64_t rng_state = 12345;
 
 static float frand(void) /* uniform in [-1, 1) */
 {
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return test_frand(&rng_state);
 }
 
 static float *rand_buf(int64_t n, float scale)

@@ -18,13 +18,13 @@
 
 extern "C" {
 #include "cpu/cpu_ops.h"
+#include "../test_rand.h"
 }
 
 static uint64_t rng = 99;
 static float frand()
 {
-    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return test_frand(&rng);
 }
 
 static double max_rel(const std::vector<float> &got, const std::vector<float> &want)

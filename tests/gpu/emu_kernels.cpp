@@ -21,14 +21,14 @@
 
 extern "C" {
 #include "cpu/cpu_ops.h"
+#include "../test_rand.h"
 }
 
 typedef std::vector<float> vec;
 static uint64_t rng = 7;
 static float frand()
 {
-    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return test_frand(&rng);
 }
 static vec rnd(size_t n, float s)
 {
