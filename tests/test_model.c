@@ -197,8 +197,12 @@ static void check_reference(const char *name)
         char *key = xasprintf("updated.%s", p->name);
         int64_t n = (int64_t)p->rows * p->cols;
         float *want = read_expected(st, key, n);
+        /* 5e-5, not the logits' 1e-5: Adam's first step moves each weight by about
+         * lr * g / (|g| + eps), so a tiny gradient's rounding error (the gradients agree to
+         * 1e-4 of their norm) reaches the update; how far depends on the BLAS kernels the CPU
+         * gets (1.02e-5 on an AMD EPYC, under 1e-5 on an Intel Xeon). */
         double e2 = rel_err(params + p->offset, want, n);
-        cr_assert(e2 <= 1e-5, "%s: %s relative error %.3g", name, key, e2);
+        cr_assert(e2 <= 5e-5, "%s: %s relative error %.3g", name, key, e2);
         free(want);
         free(key);
     }

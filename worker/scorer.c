@@ -298,29 +298,20 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
 
     /* prefill each row but its last prompt token */
     model_kv_cache *caches[n > 0 ? n : 1];
-    uint32_t tokens[n > 0 ? n : 1];
     int rows[n > 0 ? n : 1];
     double t0 = now_seconds();
     rc = prefill_rows(s, n);
     double t1 = now_seconds();
     s->stats.prefill_seconds += t1 - t0;
-    for (int i = 0; i < n && !rc; i++) {
-        grammar_state_init(&s->states[i]);
-        caches[i] = s->caches[i];
-        tokens[i] = s->enc[i].ids.ids[s->enc[i].n_prompt - 1];
-    }
-
-    /* the last prompt tokens of all rows together give the first answer tokens */
-    if (!rc && n > 0)
-        rc = model_decode_batch(s->m, caches, tokens, n, s->logits);
     for (int i = 0; i < n && !rc; i++)
-        grammar_step(&s->g, &s->states[i], s->logits + (size_t)i * V);
+        grammar_state_init(&s->states[i]);
 
-    /* then one pass per answer digit: each row still going appends its newest token and, when
-     * the grammar allows only one token after it (the separator after a digit), that token
-     * too; the pass's logits at both give the forced token's off-grammar check and the next
-     * digit. K digits take K passes after the first, not 2K - 1. (The end token after the
-     * last digit is only checked, never fed.) */
+    /* then one pass per answer digit, all rows still going together. A row appends its newest
+     * token (at first the last prompt token, whose logits give the first digit) and, when the
+     * grammar allows only one token after it (the separator after a digit), that token too;
+     * the pass's logits at both give the forced token's off-grammar check and the next digit.
+     * K digits take K + 1 passes, not 2K. (The end token after the last digit is only
+     * checked, never fed.) */
     uint32_t feed[2 * (n > 0 ? n : 1)];
     int counts[n > 0 ? n : 1];
     while (!rc) {
@@ -331,7 +322,8 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
                 continue;
             uint32_t forced;
             caches[active] = s->caches[i];
-            feed[total++] = st->tokens[st->n_tokens - 1];
+            feed[total++] = st->n_tokens ? st->tokens[st->n_tokens - 1]
+                                         : s->enc[i].ids.ids[s->enc[i].n_prompt - 1];
             counts[active] = 1;
             if (grammar_forced(&s->g, st, &forced) && forced != s->g.end_id) {
                 feed[total++] = forced;
