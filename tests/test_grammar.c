@@ -237,6 +237,11 @@ Test(grammar, merged_space_digit_tokens)
     grammar_state_init(&s);
     /* per separator: " " then 4 digit ids, or 2 merged ids: 6 ways; first digit: 4 ways */
     cr_assert_eq(walk(&g, &s, check_synthetic), 4 * 6 * 6);
+    /* every id it can allow, once each, ascending: "0" "1" "2" " " " 1" " 2" <end> "2" */
+    uint32_t all[16], want_all[] = {1, 2, 3, 4, 5, 6, 7, 9};
+    cr_assert_eq(grammar_all_ids(&g, all, 16), 8);
+    cr_assert_arr_eq(all, want_all, sizeof want_all);
+    cr_assert_eq(grammar_all_ids(&g, all, 2), 8, "a short buffer still gets the count");
     grammar_free(&g);
 
     /* a range the vocabulary cannot express is a clear error */

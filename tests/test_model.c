@@ -545,6 +545,66 @@ Test(model, extend_batch_equals_token_by_token)
     model_free(m);
 }
 
+/* model_extend_batch_sel: the rows it makes whole equal token-by-token appends (within 4e-6,
+ * as above); the others get their selected entries only (within 1e-6 of the whole row's
+ * largest logit) and keep every other entry as it was (poisoned here with NaN); an id outside
+ * the vocabulary is refused. */
+Test(model, extend_batch_sel_makes_selected_logits_only)
+{
+    model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    packed_batch b;
+    load_batch("qwen3", &b);
+    int V = model_get_config(m)->vocab_size;
+    enum { R = 3 };
+    int start[R] = {4, 10, 15}, counts[R] = {2, 1, 3}, prefix[R] = {3, 6, 2};
+    model_kv_cache *batched[R], *single[R];
+    uint32_t toks[8];
+    int n_tok = cache_pairs(m, &b, R, start, counts, prefix, batched, single, toks);
+    uint8_t full[6] = {1, 0, 0, 1, 0, 1};
+    uint32_t ids[4] = {0, 7, (uint32_t)V / 2, (uint32_t)V - 1};
+    model_logit_sel sel = {.full = full, .ids = ids, .n_ids = 4};
+    cr_assert_eq(n_tok, 6);
+    float *got = xmalloc(sizeof(float) * (size_t)n_tok * (size_t)V);
+    float *want = xmalloc(sizeof(float) * (size_t)V);
+    for (int64_t i = 0; i < (int64_t)n_tok * V; i++)
+        got[i] = NAN;
+    cr_assert_eq(model_extend_batch_sel(m, batched, toks, counts, R, &sel, got), 0, "%s",
+                 err_msg());
+    for (int r = 0, at = 0; r < R; r++)
+        for (int q = 0; q < counts[r]; q++, at++) {
+            cr_assert_eq(model_prefill(m, single[r], toks + at, 1, want), 0);
+            const float *row = got + (int64_t)at * V;
+            if (full[at]) {
+                double e = rel_err(row, want, V);
+                cr_assert(e <= 4e-6, "row %d token %d: logits differ by %.3g", r, q, e);
+                continue;
+            }
+            double top = 0.0;
+            for (int v = 0; v < V; v++)
+                top = fmax(top, fabs(want[v]));
+            for (int v = 0, j = 0; v < V; v++) {
+                if (j < 4 && (uint32_t)v == ids[j]) {
+                    cr_assert(fabs(row[v] - want[v]) <= 1e-6 * top, "token %d id %d: %g vs %g",
+                              at, v, row[v], want[v]);
+                    j++;
+                } else {
+                    cr_assert(isnan(row[v]), "token %d: id %d was written", at, v);
+                }
+            }
+        }
+    uint32_t bad = (uint32_t)V;
+    model_logit_sel wrong = {.full = full, .ids = &bad, .n_ids = 1};
+    cr_assert_neq(model_extend_batch_sel(m, batched, toks, counts, R, &wrong, got), 0);
+    for (int r = 0; r < R; r++) {
+        model_kv_cache_free(batched[r]);
+        model_kv_cache_free(single[r]);
+    }
+    free(got);
+    free(want);
+    packed_batch_free(&b);
+    model_free(m);
+}
+
 /* QLoRA: the forward equals the fp32 path run with the dequantized NF4 weights. */
 Test(model, qlora_equals_dequantized_fp32)
 {

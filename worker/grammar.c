@@ -227,6 +227,35 @@ static uint32_t argmax_all(const float *x, uint32_t n)
     return best;
 }
 
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+int grammar_all_ids(const score_grammar *g, uint32_t *ids, int cap)
+{
+    int total = g->n_digit + g->n_space + g->n_space_digit + 1;
+    uint32_t *all = xmalloc(sizeof(uint32_t) * (size_t)total);
+    int n = 0;
+    for (int i = 0; i < g->n_digit; i++)
+        all[n++] = g->digit_ids[i];
+    for (int i = 0; i < g->n_space; i++)
+        all[n++] = g->space_ids[i];
+    for (int i = 0; i < g->n_space_digit; i++)
+        all[n++] = g->space_digit_ids[i];
+    all[n++] = g->end_id;
+    qsort(all, (size_t)n, sizeof *all, cmp_u32);
+    int u = 0;
+    for (int i = 0; i < n; i++)
+        if (u == 0 || all[i] != all[u - 1])
+            all[u++] = all[i];
+    for (int i = 0; i < u && i < cap; i++)
+        ids[i] = all[i];
+    free(all);
+    return u;
+}
+
 uint32_t grammar_step(const score_grammar *g, grammar_state *s, const float *logits)
 {
     uint32_t allowed[64];
@@ -242,9 +271,8 @@ uint32_t grammar_step(const score_grammar *g, grammar_state *s, const float *log
             pick = allowed[i];
     }
 
-    /* would plain greedy have stayed in the grammar? */
-    uint32_t plain = argmax_all(logits, g->vocab);
-    if (plain != pick)
+    /* would plain greedy have stayed in the grammar? (asked until the first time it would not) */
+    if (!s->off_grammar && argmax_all(logits, g->vocab) != pick)
         s->off_grammar = 1;
 
     grammar_advance(g, s, pick);

@@ -81,8 +81,14 @@ int grammar_forced(const score_grammar *g, const grammar_state *s, uint32_t *id)
 /* 1 when id is allowed next. */
 int grammar_accepts(const score_grammar *g, const grammar_state *s, uint32_t id);
 
+/* Every id the grammar ever allows (digits, separators, the end token), each once, ascending.
+ * Writes at most `cap` ids; returns how many exist. */
+int grammar_all_ids(const score_grammar *g, uint32_t *ids, int cap);
+
 /* One greedy step: pick the best allowed id from logits [g->vocab], update the off-grammar flag,
- * advance the state, and return the id. Must not be called once s->done. */
+ * advance the state, and return the id. Must not be called once s->done. A row already flagged
+ * off-grammar stays so: its step reads the logits at the allowed ids only (the rest of the row
+ * need not be computed). */
 uint32_t grammar_step(const score_grammar *g, grammar_state *s, const float *logits);
 /* Advance by a given (allowed) id; returns 0, or RB_EXIT_RUNTIME when it is not allowed. */
 int grammar_advance(const score_grammar *g, grammar_state *s, uint32_t id);

@@ -173,13 +173,15 @@ static void qk_prepare(model *m, float *out, float *rstd, const float *lin, cons
     m->ops->rope_fwd(out, pos, T, heads, c->head_dim, (float)c->rope_theta);
 }
 
+static void cache_append(model *m, int l, const layer_acts *a, const layer_io *io);
+
 /* Attention of the layer's tokens: one packed call, or one call per cached row. */
 static void attend(model *m, int l, layer_acts *a, const layer_io *io)
 {
     const model_config *c = &m->cfg;
     const kernel_ops *ops = m->ops;
     int H = c->num_attention_heads, KV = c->num_key_value_heads, D = c->head_dim;
-    int64_t qd = (int64_t)H * D, kvd = (int64_t)KV * D;
+    int64_t qd = (int64_t)H * D;
     float scale = 1.0f / sqrtf((float)D);
 
     if (!io->caches) {
@@ -187,15 +189,27 @@ static void attend(model *m, int l, layer_acts *a, const layer_io *io)
                            io->max_q, H, KV, D, scale);
         return;
     }
+    cache_append(m, l, a, io);
     int64_t off = 0;
     for (int r = 0; r < io->n_rows; r++) {
         model_kv_cache *kc = io->caches[r];
         int cnt = io->row_counts[r];
-        ops->copy(kc->k[l] + kc->len * kvd, a->k + off * kvd, sizeof(float) * cnt * kvd);
-        ops->copy(kc->v[l] + kc->len * kvd, a->v + off * kvd, sizeof(float) * cnt * kvd);
         ops->attention_fwd(a->attn + off * qd, NULL, a->q + off * qd, kc->k[l], kc->v[l],
                            io->row_cu + 4 * r, io->row_cu + 4 * r + 2, 1, cnt, H, KV, D, scale);
         off += cnt;
+    }
+}
+
+/* The layer's new keys and values go to each row's cache, after its cached tokens. */
+static void cache_append(model *m, int l, const layer_acts *a, const layer_io *io)
+{
+    int64_t kvd = (int64_t)m->cfg.num_key_value_heads * m->cfg.head_dim, off = 0;
+    for (int r = 0; r < io->n_rows; r++) {
+        model_kv_cache *kc = io->caches[r];
+        size_t bytes = sizeof(float) * (size_t)(io->row_counts[r] * kvd);
+        m->ops->copy(kc->k[l] + kc->len * kvd, a->k + off * kvd, bytes);
+        m->ops->copy(kc->v[l] + kc->len * kvd, a->v + off * kvd, bytes);
+        off += io->row_counts[r];
     }
 }
 
@@ -212,20 +226,25 @@ void layer_forward(model *m, int l, const float *x_in, float *x_out, layer_acts 
     for (int mod = 0; mod < LORA_MOD_COUNT; mod++)
         seed[mod] = lora_dropout_seed(m->opt.seed, m->fwd_calls, l, mod);
 
-    /* 1. input norm, q/k/v projections */
+    /* 1. input norm, k/v projections, k norm (qwen3) and RoPE; a kv_only layer (the last
+     * layer of a prefill whose outputs nobody reads) ends once they are cached */
     ops->rmsnorm_fwd(a->xn1, a->rstd1, x_in, ly->attn_norm, T, C, eps);
-    linear_forward(m, &ly->lin[LORA_MOD_Q], a->xn1, T, a->q_lin, a->u[LORA_MOD_Q], p,
-                   seed[LORA_MOD_Q]);
     linear_forward(m, &ly->lin[LORA_MOD_K], a->xn1, T, a->k_lin, a->u[LORA_MOD_K], p,
                    seed[LORA_MOD_K]);
     linear_forward(m, &ly->lin[LORA_MOD_V], a->xn1, T, a->v, a->u[LORA_MOD_V], p,
                    seed[LORA_MOD_V]);
-
-    /* 2. per-head q/k norm (qwen3) and RoPE */
-    qk_prepare(m, a->q, a->rstd_q, a->q_lin, ly->q_norm, io->positions, T,
-               c->num_attention_heads);
     qk_prepare(m, a->k, a->rstd_k, a->k_lin, ly->k_norm, io->positions, T,
                c->num_key_value_heads);
+    if (io->kv_only) {
+        cache_append(m, l, a, io);
+        return;
+    }
+
+    /* 2. q projection, per-head q norm (qwen3) and RoPE */
+    linear_forward(m, &ly->lin[LORA_MOD_Q], a->xn1, T, a->q_lin, a->u[LORA_MOD_Q], p,
+                   seed[LORA_MOD_Q]);
+    qk_prepare(m, a->q, a->rstd_q, a->q_lin, ly->q_norm, io->positions, T,
+               c->num_attention_heads);
 
     /* 3. attention, output projection, residual */
     attend(m, l, a, io);

@@ -148,6 +148,21 @@ int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *token
 int model_extend_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
                        const int *counts, int n_rows, float *logits);
 
+/* Which logits a pass of model_extend_batch_sel makes: token t's whole row when full[t], else
+ * only the entries at ids[0..n_ids) (the rest of its row is left as it was). A scorer that
+ * already knows a row left the grammar needs only the grammar's few ids, not 151,936. */
+typedef struct {
+    const uint8_t *full;         /* [sum(counts)] host */
+    const uint32_t *ids;         /* [n_ids], each < vocab */
+    int n_ids;
+} model_logit_sel;
+
+/* model_extend_batch with a selection (NULL: every row whole). The selected entries equal the
+ * whole-row ones up to rounding (tests/test_model.c). */
+int model_extend_batch_sel(model *m, model_kv_cache **caches, const uint32_t *tokens,
+                           const int *counts, int n_rows, const model_logit_sel *sel,
+                           float *logits);
+
 /* The FLOPs one training step of batch b must do at the least (MFU's numerator, for the
  * benchmarks and the GPU check): base forward, the input gradient of every linear layer but
  * layer 0's q/k/v (their input, the embeddings, is frozen), LoRA rank r forward and backward,

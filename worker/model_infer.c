@@ -83,13 +83,18 @@ void model_infer_release(model *m)
     if (m->infer_cap > 0)
         model_acts_free(m, &m->infer_acts);
     void *bufs[] = {m->infer_x[0], m->infer_x[1], m->infer_tokens, m->infer_pos, m->infer_cu,
-                    m->infer_last, m->infer_h, m->infer_hn, m->infer_rstd, m->infer_logits};
+                    m->infer_last, m->infer_h, m->infer_hn, m->infer_rstd, m->infer_logits,
+                    m->head_sel, m->infer_part, m->infer_part_hn, m->infer_part_logits};
     for (size_t i = 0; i < RB_ARRAY_LEN(bufs); i++)
         ops->free(bufs[i]);
+    free(m->sel_ids);
     m->infer_x[0] = m->infer_x[1] = NULL;
     m->infer_tokens = NULL;
-    m->infer_pos = m->infer_cu = m->infer_last = NULL;
+    m->infer_pos = m->infer_cu = m->infer_last = m->infer_part = NULL;
     m->infer_h = m->infer_hn = m->infer_rstd = m->infer_logits = NULL;
+    m->head_sel = m->infer_part_hn = m->infer_part_logits = NULL;
+    m->sel_ids = NULL;
+    m->n_sel_ids = 0;
     m->infer_cap = m->infer_cap_rows = 0;
 }
 
@@ -112,6 +117,8 @@ static void infer_reserve(model *m, int T, int n_rows)
     m->infer_h = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
     m->infer_hn = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
     m->infer_rstd = ops->alloc(sizeof(float) * (size_t)n_rows);
+    m->infer_part = ops->alloc(sizeof(int32_t) * (size_t)n_rows);
+    m->infer_part_hn = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
     m->infer_logits = ops->host_memory
                           ? NULL
                           : ops->alloc(sizeof(float) * (size_t)n_rows * m->cfg.vocab_size);
@@ -119,12 +126,91 @@ static void infer_reserve(model *m, int T, int n_rows)
     m->infer_cap_rows = n_rows;
 }
 
+/* The LM head's rows at sel's ids, gathered once per id set (and after a workspace resize),
+ * and room for the selected logits of every output row. */
+static void sel_prepare(model *m, const model_logit_sel *sel)
+{
+    const kernel_ops *ops = m->ops;
+    size_t n = (size_t)sel->n_ids;
+    if (m->sel_ids && m->n_sel_ids == sel->n_ids &&
+        memcmp(m->sel_ids, sel->ids, sizeof(uint32_t) * n) == 0)
+        return;
+    ops->free(m->head_sel);
+    ops->free(m->infer_part_logits);
+    free(m->sel_ids);
+    int C = m->cfg.hidden_size;
+    m->sel_ids = xmalloc(sizeof(uint32_t) * n);
+    memcpy(m->sel_ids, sel->ids, sizeof(uint32_t) * n);
+    m->n_sel_ids = sel->n_ids;
+    int32_t *idx = xmalloc(sizeof(int32_t) * n);
+    for (size_t i = 0; i < n; i++)
+        idx[i] = (int32_t)sel->ids[i];
+    int32_t *idx_dev = ops->alloc(sizeof(int32_t) * n);
+    ops->upload(idx_dev, idx, sizeof(int32_t) * n);
+    m->head_sel = ops->alloc(sizeof(float) * n * (size_t)C);
+    ops->gather_rows(m->head_sel, m->lm_head, idx_dev, sel->n_ids, C);
+    ops->free(idx_dev);
+    free(idx);
+    m->infer_part_logits = ops->alloc(sizeof(float) * n * (size_t)m->infer_cap_rows);
+}
+
+/* The LM head at the n_out final-normed rows of m->infer_hn into logits (host): whole rows, or
+ * with sel only the selected entries of the rows sel->full leaves out. */
+static void lm_head_rows(model *m, int n_out, const model_logit_sel *sel, float *logits)
+{
+    const kernel_ops *ops = m->ops;
+    int C = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    /* a backend on host memory writes the caller's buffer directly (no copy of n_out x V
+     * floats per decoding step) */
+    float *dst = ops->host_memory ? logits : m->infer_logits;
+
+    /* 1. runs of consecutive whole rows, one GEMM each */
+    for (int t = 0; t < n_out;) {
+        int end = t;
+        while (end < n_out && (!sel || sel->full[end]))
+            end++;
+        if (end > t) {
+            ops->gemm(0, 1, end - t, V, C, 1.0f, m->infer_hn + (int64_t)t * C, C, m->lm_head,
+                      C, 0.0f, dst + (int64_t)t * V, V);
+            if (dst != logits)
+                ops->download(logits + (int64_t)t * V, dst + (int64_t)t * V,
+                              sizeof(float) * (size_t)(end - t) * V);
+        }
+        t = end + 1;
+    }
+    if (!sel)
+        return;
+
+    /* 2. the other rows against the LM head's selected rows only */
+    int32_t *part = xmalloc(sizeof(int32_t) * (size_t)RB_MAX(n_out, 1));
+    int k = 0;
+    for (int t = 0; t < n_out; t++)
+        if (!sel->full[t])
+            part[k++] = t;
+    if (k > 0) {
+        int n = sel->n_ids;
+        sel_prepare(m, sel);
+        ops->upload(m->infer_part, part, sizeof(int32_t) * (size_t)k);
+        ops->gather_rows(m->infer_part_hn, m->infer_hn, m->infer_part, k, C);
+        ops->gemm(0, 1, k, n, C, 1.0f, m->infer_part_hn, C, m->head_sel, C, 0.0f,
+                  m->infer_part_logits, n);
+        float *got = xmalloc(sizeof(float) * (size_t)k * (size_t)n);
+        ops->download(got, m->infer_part_logits, sizeof(float) * (size_t)k * (size_t)n);
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < n; j++)
+                logits[(int64_t)part[i] * V + sel->ids[j]] = got[(int64_t)i * n + j];
+        free(got);
+    }
+    free(part);
+}
+
 /* ---- one step over several rows ---- */
 
 /* Row r appends counts[r] tokens (taken in order from tokens) to caches[r]; logits (host, or
  * NULL) of each row's last token [n_rows, V], or with all_logits of every token [T, V]. */
 static int infer_step(model *m, model_kv_cache **caches, const int *counts, int n_rows,
-                      const uint32_t *tokens, float *logits, int all_logits)
+                      const uint32_t *tokens, float *logits, int all_logits,
+                      const model_logit_sel *sel)
 {
     const model_config *c = &m->cfg;
     const kernel_ops *ops = m->ops;
@@ -170,12 +256,16 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
     free(cu);
     free(last);
 
-    /* 2. the layers, appending keys and values to each row's cache */
+    /* 2. the layers, appending keys and values to each row's cache. Without logits nothing
+     * reads the last layer's output, only its keys and values: it stops once they are cached
+     * (a prefill skips 1/L of its layers' work but the k/v projections). */
     layer_io io = {.T = T, .positions = m->infer_pos, .caches = caches, .row_counts = counts,
                    .n_rows = n_rows, .row_cu = m->infer_cu};
     ops->embedding(m->infer_x[0], m->embed, m->infer_tokens, T, C);
-    for (int l = 0; l < c->num_hidden_layers; l++)
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        io.kv_only = !logits && l == c->num_hidden_layers - 1;
         layer_forward(m, l, m->infer_x[l % 2], m->infer_x[(l + 1) % 2], &m->infer_acts, &io);
+    }
     for (int r = 0; r < n_rows; r++)
         caches[r]->len += counts[r];
 
@@ -185,19 +275,14 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
                          C);
         ops->rmsnorm_fwd(m->infer_hn, m->infer_rstd, m->infer_h, m->final_norm, n_out, C,
                          (float)c->rms_norm_eps);
-        /* a backend on host memory writes the caller's buffer directly (no copy of
-         * n_out x V floats per decoding step) */
-        float *dst = ops->host_memory ? logits : m->infer_logits;
-        ops->gemm(0, 1, n_out, V, C, 1.0f, m->infer_hn, C, m->lm_head, C, 0.0f, dst, V);
-        if (dst != logits)
-            ops->download(logits, dst, sizeof(float) * (size_t)n_out * V);
+        lm_head_rows(m, n_out, sel, logits);
     }
     return 0;
 }
 
 int model_prefill(model *m, model_kv_cache *c, const uint32_t *tokens, int n, float *logits)
 {
-    return infer_step(m, &c, &n, 1, tokens, logits, 0);
+    return infer_step(m, &c, &n, 1, tokens, logits, 0, NULL);
 }
 
 /* Rows and caches for a batched call: at least one row, no cache given twice. */
@@ -217,14 +302,27 @@ int model_prefill_batch(model *m, model_kv_cache **caches, const uint32_t *token
                         const int *counts, int n_rows, float *logits)
 {
     int rc = check_rows(caches, n_rows, "model_prefill_batch");
-    return rc ? rc : infer_step(m, caches, counts, n_rows, tokens, logits, 0);
+    return rc ? rc : infer_step(m, caches, counts, n_rows, tokens, logits, 0, NULL);
 }
 
 int model_extend_batch(model *m, model_kv_cache **caches, const uint32_t *tokens,
                        const int *counts, int n_rows, float *logits)
 {
+    return model_extend_batch_sel(m, caches, tokens, counts, n_rows, NULL, logits);
+}
+
+int model_extend_batch_sel(model *m, model_kv_cache **caches, const uint32_t *tokens,
+                           const int *counts, int n_rows, const model_logit_sel *sel,
+                           float *logits)
+{
     int rc = check_rows(caches, n_rows, "model_extend_batch");
-    return rc ? rc : infer_step(m, caches, counts, n_rows, tokens, logits, 1);
+    for (int i = 0; !rc && sel && i < sel->n_ids; i++)
+        if (sel->ids[i] >= (uint32_t)m->cfg.vocab_size)
+            rc = err_set(RB_EXIT_RUNTIME, "model_extend_batch: selected id %u is outside the "
+                         "vocabulary (%d)", sel->ids[i], m->cfg.vocab_size);
+    if (!rc && sel && sel->n_ids <= 0)
+        rc = err_set(RB_EXIT_RUNTIME, "model_extend_batch: a selection without ids");
+    return rc ? rc : infer_step(m, caches, counts, n_rows, tokens, logits, 1, sel);
 }
 
 int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens, int n_rows,
@@ -233,7 +331,7 @@ int model_decode_batch(model *m, model_kv_cache **caches, const uint32_t *tokens
     int *counts = xmalloc(sizeof(int) * (size_t)RB_MAX(n_rows, 1));
     for (int r = 0; r < n_rows; r++)
         counts[r] = 1;
-    int rc = infer_step(m, caches, counts, n_rows, tokens, logits, 0);
+    int rc = infer_step(m, caches, counts, n_rows, tokens, logits, 0, NULL);
     free(counts);
     return rc;
 }

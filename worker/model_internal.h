@@ -98,6 +98,13 @@ struct model {
     int32_t *infer_pos, *infer_cu, *infer_last;
     float *infer_h, *infer_hn, *infer_rstd, *infer_logits;
     int infer_cap_rows;
+    /* selected logits (model_extend_batch_sel): the LM head's rows at sel_ids, and per pass
+     * the rows that want only those (their index, hidden states and logits) */
+    uint32_t *sel_ids;           /* host [n_sel_ids] */
+    int n_sel_ids;
+    float *head_sel;             /* backend [n_sel_ids, hidden] */
+    int32_t *infer_part;         /* backend [infer_cap_rows] */
+    float *infer_part_hn, *infer_part_logits; /* backend [rows, hidden], [rows, n_sel_ids] */
 };
 
 /* model_linear.c */
@@ -124,6 +131,7 @@ typedef struct {
     int n_rows;
     const int32_t *row_cu;       /* backend [4 * n_rows]: {0, cnt, 0, len + cnt} per row */
     int train;                   /* dropout on */
+    int kv_only;                 /* inference: only cache the keys and values (x_out unset) */
 } layer_io;
 
 void layer_forward(model *m, int l, const float *x_in, float *x_out, layer_acts *a,

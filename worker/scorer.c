@@ -33,6 +33,9 @@ struct scorer {
     prompt_tokens *enc;
     grammar_state *states;
     float *logits;              /* [2 * batch_rows, vocab] */
+    uint32_t *grammar_ids;      /* every id the grammar allows: the logits an off-grammar row
+                                 * still needs */
+    int n_grammar_ids;
 
     scorer_stats stats;
 };
@@ -148,6 +151,9 @@ int scorer_new(scorer **out, const scorer_options *o)
     s->enc = xcalloc((size_t)b, sizeof *s->enc);
     s->states = xcalloc((size_t)b, sizeof *s->states);
     s->logits = xmalloc(sizeof(float) * 2 * (size_t)b * s->vocab); /* 2 tokens a row a pass */
+    s->n_grammar_ids = grammar_all_ids(&s->g, NULL, 0);
+    s->grammar_ids = xmalloc(sizeof(uint32_t) * (size_t)s->n_grammar_ids);
+    grammar_all_ids(&s->g, s->grammar_ids, s->n_grammar_ids);
     *out = s;
     return 0;
 }
@@ -165,6 +171,7 @@ void scorer_free(scorer *s)
     free(s->enc);
     free(s->states);
     free(s->logits);
+    free(s->grammar_ids);
     free(s->prefix_ids);
     grammar_free(&s->g);
     if (s->m && !s->o.model)
@@ -311,9 +318,12 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
      * grammar allows only one token after it (the separator after a digit), that token too;
      * the pass's logits at both give the forced token's off-grammar check and the next digit.
      * K digits take K + 1 passes, not 2K. (The end token after the last digit is only
-     * checked, never fed.) */
+     * checked, never fed.) A row already off the grammar needs no argmax over the whole
+     * vocabulary any more: its logits are made at the grammar's ids only. */
     uint32_t feed[2 * (n > 0 ? n : 1)];
+    uint8_t full[2 * (n > 0 ? n : 1)];
     int counts[n > 0 ? n : 1];
+    model_logit_sel sel = {.full = full, .ids = s->grammar_ids, .n_ids = s->n_grammar_ids};
     while (!rc) {
         int active = 0, total = 0;
         for (int i = 0; i < n; i++) {
@@ -322,10 +332,12 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
                 continue;
             uint32_t forced;
             caches[active] = s->caches[i];
+            full[total] = !st->off_grammar;
             feed[total++] = st->n_tokens ? st->tokens[st->n_tokens - 1]
                                          : s->enc[i].ids.ids[s->enc[i].n_prompt - 1];
             counts[active] = 1;
             if (grammar_forced(&s->g, st, &forced) && forced != s->g.end_id) {
+                full[total] = !st->off_grammar;
                 feed[total++] = forced;
                 counts[active] = 2;
             }
@@ -333,7 +345,7 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
         }
         if (active == 0)
             break;
-        rc = model_extend_batch(s->m, caches, feed, counts, active, s->logits);
+        rc = model_extend_batch_sel(s->m, caches, feed, counts, active, &sel, s->logits);
         s->stats.decode_steps++;
         for (int j = 0, at = 0; j < active && !rc; j++)
             for (int q = 0; q < counts[j]; q++, at++)
