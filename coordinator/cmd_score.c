@@ -16,7 +16,7 @@
 
 enum {
     OPT_MODEL = 1, OPT_ADAPTER, OPT_INPUT, OPT_OUTPUT, OPT_METRICS, OPT_RESUME, OPT_NUM_SCORES,
-    OPT_CHUNK_ROWS, OPT_BATCH_ROWS, OPT_NO_PREFIX_CACHE, OPT_MAX_PROMPT, OPT_BASELINE,
+    OPT_CHUNK_ROWS, OPT_BATCH_ROWS, OPT_NO_PREFIX_CACHE, OPT_FULL_LOGITS, OPT_MAX_PROMPT, OPT_BASELINE,
     OPT_BACKEND, OPT_WINDOW, OPT_TOKENIZER, OPT_METRICS_ONLY, OPT_FAKE_MODEL, OPT_FAKE_DELAY,
 };
 
@@ -31,6 +31,7 @@ static const struct option score_long_options[] = {
     {"chunk-rows", required_argument, NULL, OPT_CHUNK_ROWS},
     {"batch-rows", required_argument, NULL, OPT_BATCH_ROWS},
     {"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX_CACHE},
+    {"full-logits", no_argument, NULL, OPT_FULL_LOGITS},
     {"max-prompt-tokens", required_argument, NULL, OPT_MAX_PROMPT},
     {"baseline-from", required_argument, NULL, OPT_BASELINE},
     {"backend", required_argument, NULL, OPT_BACKEND},
@@ -81,6 +82,8 @@ static const char score_options_help[] =
     "      --window-chunks N    chunks the coordinator may hold for reordering (default 4 per\n"
     "                           worker, at least 16)\n"
     "      --no-prefix-cache    prefill every row whole (for comparisons)\n"
+    "      --full-logits        every pass over the whole vocabulary, also for rows already\n"
+    "                           off the grammar (for comparisons: a model that stays in it)\n"
     "      --max-prompt-tokens N  longer prompts are bad rows (default: the model's maximum)\n"
     "      --backend NAME       cpu, cuda or auto (default auto)\n"
     "      --fake-model         testing only: scores are a hash of the row, no model is loaded\n"
@@ -119,6 +122,7 @@ static int score_on_option(int opt, const char *arg, void *ctx)
         sc->batch_set = 1;
         return parse_int(arg, "batch-rows", 1, &o->batch_rows);
     case OPT_NO_PREFIX_CACHE: o->prefix_cache = 0; return 0;
+    case OPT_FULL_LOGITS: o->full_logits = 1; return 0;
     case OPT_MAX_PROMPT: return parse_int(arg, "max-prompt-tokens", 1, &o->max_prompt_tokens);
     case OPT_BASELINE: o->baseline_from = arg; return 0;
     case OPT_BACKEND: o->backend = arg; return 0;

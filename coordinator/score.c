@@ -211,6 +211,7 @@ static int worker_open(score_worker *w, const score_options *o, int k)
     so.score_max = o->score_max;
     so.batch_rows = RB_MIN(o->batch_rows, o->chunk_rows); /* a batch never spans chunks */
     so.prefix_cache = o->prefix_cache;
+    so.full_logits = o->full_logits;
     so.max_prompt_tokens = o->max_prompt_tokens;
     so.backend = o->backend;
     so.model = o->model;

@@ -47,6 +47,7 @@ typedef struct {
     int batch_rows;             /* rows decoded together on a worker (score_batch_size) */
     int window_chunks;          /* reorder window; 0: 4 per worker, at least 16 */
     int prefix_cache;           /* 1 (default) */
+    int full_logits;            /* 1: whole-vocabulary logits for every row at every pass */
     int max_prompt_tokens;      /* 0: the model's maximum */
     enum prompt_style style;
     const char *eos_token;

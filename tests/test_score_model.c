@@ -63,7 +63,8 @@ static char *init_model(const char *dir, const char *name, int untied_f32)
     return out;
 }
 
-static scorer *new_scorer(const char *model_dir, int k, int prefix_cache, int batch)
+static scorer *new_scorer_full(const char *model_dir, int k, int prefix_cache, int batch,
+                               int full_logits)
 {
     scorer_options o;
     scorer_options_defaults(&o);
@@ -76,9 +77,15 @@ static scorer *new_scorer(const char *model_dir, int k, int prefix_cache, int ba
     o.prefix_cache = prefix_cache;
     o.batch_rows = batch;
     o.backend = "cpu";
+    o.full_logits = full_logits;
     scorer *s;
     cr_assert_eq(scorer_new(&s, &o), 0, "%s", err_msg());
     return s;
+}
+
+static scorer *new_scorer(const char *model_dir, int k, int prefix_cache, int batch)
+{
+    return new_scorer_full(model_dir, k, prefix_cache, batch, 0);
 }
 
 static void score_all(scorer *s, const row_text *rows, int n, scorer_result *out)
@@ -176,7 +183,7 @@ Test(score_model, prefix_cache_and_batches_give_identical_scores, .timeout = 300
     char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0);
     row_text rows[32];
     int n = make_rows(rows);
-    scorer_result cached[32], whole[32], batched[32];
+    scorer_result cached[32], whole[32], batched[32], full[32];
 
     scorer *a = new_scorer(mdir, 3, 1, 4);
     score_all(a, rows, n, cached);
@@ -190,13 +197,16 @@ Test(score_model, prefix_cache_and_batches_give_identical_scores, .timeout = 300
     score_all(b, rows, n, whole);
     scorer *c = new_scorer(mdir, 3, 1, 5);
     score_all(c, rows, n, batched);
+    /* whole-vocabulary logits at every pass, also once a row is off the grammar */
+    scorer *d = new_scorer_full(mdir, 3, 1, 4, 1);
+    score_all(d, rows, n, full);
 
     /* the reference decoder, on the first scorer's model */
     tokenizer *tk;
     cr_assert_eq(tokenizer_load(&tk, TOK_DIR), 0);
     token_ids t;
     get_ids(tk, &t);
-    int distinct = 0;
+    int distinct = 0, n_off = 0;
     for (int i = 0; i < n; i++) {
         prompt_tokens pt;
         encode_row(scorer_encoder(a), &rows[i], &pt);
@@ -209,17 +219,23 @@ Test(score_model, prefix_cache_and_batches_give_identical_scores, .timeout = 300
             cr_assert_eq(cached[i].scores[j], ref[j], "row %d score %d", i, j);
             cr_assert_eq(whole[i].scores[j], ref[j], "row %d score %d", i, j);
             cr_assert_eq(batched[i].scores[j], ref[j], "row %d score %d", i, j);
+            cr_assert_eq(full[i].scores[j], ref[j], "row %d score %d", i, j);
         }
+        cr_assert_eq(full[i].off_grammar, off);
         cr_assert_eq(cached[i].off_grammar, off);
         cr_assert_eq(whole[i].off_grammar, off);
         cr_assert_eq(batched[i].off_grammar, off);
         distinct += i > 0 && memcmp(ref, cached[0].scores, sizeof(int) * 3) != 0;
+        n_off += off;
     }
     cr_assert(distinct > 0, "every row got the same scores: the test would prove little");
+    /* off-grammar rows take the grammar-ids-only logits after their first step */
+    cr_assert(n_off > 0, "no row left the grammar: the selected-logits path went untested");
     tokenizer_free(tk);
     scorer_free(a);
     scorer_free(b);
     scorer_free(c);
+    scorer_free(d);
     st_rm_rf(dir);
 }
 

@@ -332,12 +332,12 @@ static int decode_batch(scorer *s, int n, scorer_result *out)
                 continue;
             uint32_t forced;
             caches[active] = s->caches[i];
-            full[total] = !st->off_grammar;
+            full[total] = s->o.full_logits || !st->off_grammar;
             feed[total++] = st->n_tokens ? st->tokens[st->n_tokens - 1]
                                          : s->enc[i].ids.ids[s->enc[i].n_prompt - 1];
             counts[active] = 1;
             if (grammar_forced(&s->g, st, &forced) && forced != s->g.end_id) {
-                full[total] = !st->off_grammar;
+                full[total] = s->o.full_logits || !st->off_grammar;
                 feed[total++] = forced;
                 counts[active] = 2;
             }

@@ -64,6 +64,9 @@ typedef struct {
     int k, score_min, score_max;
     int batch_rows;             /* rows decoded together; default 8 */
     int prefix_cache;           /* 1: reuse the shared prefix's KV cache (default) */
+    int full_logits;            /* 1: the whole vocabulary's logits at every pass, even for rows
+                                 * already off the grammar (default 0: the grammar's ids only
+                                 * there); the same answers either way */
     int max_prompt_tokens;      /* longer prompts are bad rows; 0: the model's maximum */
     const char *backend;        /* "cpu", "cuda" or "auto" */
     void *model;                /* a loaded `model *` to borrow (not freed) instead of loading
