@@ -2,9 +2,11 @@
  * cuda_table.cu: the CUDA backend's start-up (is there a usable GPU?), its memory, the cuBLAS
  * GEMM, scratch buffers and the operation table.
  *
- * GEMM: cublasSgemm in fp32 (CUBLAS_DEFAULT_MATH: fp32 inputs, fp32 FMA accumulation, no
- * TF32) so the table's fp32 contract holds. RUBRIC_CUDA_TF32=1 in the environment switches
- * cuBLAS to TF32 tensor cores (about 8x the fp32 rate on an A40, 10-bit mantissa inputs).
+ * GEMM: cublasGemmEx on fp32 matrices. The compute type comes from RUBRIC_CUDA_GEMM in the
+ * environment: fp32 (the default: fp32 FMA accumulation, no tensor cores, so the table's fp32
+ * contract holds), tf32 (tensor cores on inputs rounded to a 10-bit mantissa) or bf16 (tensor
+ * cores on inputs rounded to bf16, the rate of the card's bf16 peak), both accumulating in
+ * fp32. RUBRIC_CUDA_TF32=1, the older switch, still means tf32.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 /* ---- start-up ---- */
 
 static cublasHandle_t cuda_handle;
+static cublasComputeType_t cuda_gemm_compute = CUBLAS_COMPUTE_32F;
 static const kernel_ops *cuda_table_ptr;  /* NULL when no usable GPU */
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static size_t cuda_peak_used;
@@ -55,14 +58,22 @@ static void cuda_start(void)
                 "instead", cublasGetStatusName(st));
         return;
     }
-    const char *tf32 = getenv("RUBRIC_CUDA_TF32");
-    int use_tf32 = tf32 && strcmp(tf32, "1") == 0;
-    CUBLAS_CHECK(cublasSetMathMode(cuda_handle, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                         : CUBLAS_DEFAULT_MATH));
+    const char *mode = getenv("RUBRIC_CUDA_GEMM"), *tf32 = getenv("RUBRIC_CUDA_TF32");
+    if (!mode || !*mode)
+        mode = tf32 && strcmp(tf32, "1") == 0 ? "tf32" : "fp32";
+    if (strcmp(mode, "tf32") == 0)
+        cuda_gemm_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    else if (strcmp(mode, "bf16") == 0)
+        cuda_gemm_compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+    else if (strcmp(mode, "fp32") != 0) {
+        log_msg(CUDA_LOG_WARN, "RUBRIC_CUDA_GEMM=%s is none of fp32, tf32, bf16: fp32 GEMMs",
+                mode);
+        mode = "fp32";
+    }
+    CUBLAS_CHECK(cublasSetMathMode(cuda_handle, CUBLAS_DEFAULT_MATH));
     CUBLAS_CHECK(cublasSetStream(cuda_handle, 0));
     log_msg(CUDA_LOG_INFO, "CUDA backend: %s (sm_%d%d, %.1f GiB), GEMMs in %s", prop.name,
-            prop.major, prop.minor, (double)prop.totalGlobalMem / (1 << 30),
-            use_tf32 ? "TF32" : "fp32");
+            prop.major, prop.minor, (double)prop.totalGlobalMem / (1 << 30), mode);
     cuda_table_fill(&cuda_ops_table);
     cuda_table_ptr = &cuda_ops_table;
 }
@@ -202,9 +213,10 @@ void cuda_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const
         CUDA_CHECK_LAUNCH("gemm_scale_kernel");
         return;
     }
-    CUBLAS_CHECK(cublasSgemm(cuda_handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                             trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb, a,
-                             lda, &beta, c, ldc));
+    CUBLAS_CHECK(cublasGemmEx(cuda_handle, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                              trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b,
+                              CUDA_R_32F, ldb, a, CUDA_R_32F, lda, &beta, c, CUDA_R_32F, ldc,
+                              cuda_gemm_compute, CUBLAS_GEMM_DEFAULT));
 }
 
 /* ---- the table ---- */

@@ -9,7 +9,8 @@
 #      (the build always has sm_86 and sm_90),
 #   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend),
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
-#      `rubric train` has no backend option yet) with fp32 GEMMs, then 10 with TF32 GEMMs,
+#      `rubric train` has no backend option yet) with fp32 GEMMs, then 10 with TF32 and 10
+#      with bf16 tensor-core GEMMs (RUBRIC_CUDA_GEMM; fp32 storage and accumulation),
 #   6. scores the 2,300 EmoBank demo rows with `rubric score --backend cuda`,
 #   7. prints a table: ms per step, tokens/s, MFU against the dense bf16 peak, rows/s, memory.
 #
@@ -134,7 +135,7 @@ if [ ! -f "$MODEL/config.json" ]; then
         --rope-theta 1000000 --tie --seed 1 > "$OUT/init-model.log" 2>&1 ||
         { tail -5 "$OUT/init-model.log"; die "rubric init-model failed"; }
 fi
-train() { # $1: label, $2: steps; the environment chooses fp32 or TF32
+train() { # $1: label, $2: steps; RUBRIC_CUDA_GEMM chooses the GEMMs' compute type
     step "training $2 steps ($1): $NSEQ x $SEQ tokens, LoRA r 16"
     timeout 240 "$BUILD/tests/gpu_train_step" "$MODEL" cuda "$2" "$SEQ" "$NSEQ" 16 \
         > "$OUT/train-$1.txt" 2> "$OUT/train-$1.log" || { tail -5 "$OUT/train-$1.log"; return 1; }
@@ -142,7 +143,10 @@ train() { # $1: label, $2: steps; the environment chooses fp32 or TF32
 }
 kv() { grep -o "$2=[^ ]*" "$1" 2>/dev/null | head -1 | cut -d= -f2; }
 train fp32 "$STEPS" || echo "check.sh: training (fp32) failed: $OUT/train-fp32.log"
-RUBRIC_CUDA_TF32=1 train tf32 10 || echo "check.sh: training (tf32) failed: $OUT/train-tf32.log"
+for mode in tf32 bf16; do
+    RUBRIC_CUDA_GEMM=$mode train $mode 10 ||
+        echo "check.sh: training ($mode) failed: $OUT/train-$mode.log"
+done
 
 # ---- 6. scoring ----
 step "scoring the EmoBank demo rows with --backend cuda"
@@ -160,15 +164,15 @@ else
 fi
 
 # ---- 7. the table ----
-FMT="| %-22s | %10s | %10s | %8s | %12s |\n"
+FMT="| %-22s | %10s | %10s | %8s | %12s | %12s |\n"
 row() { # $1 label, $2 file
-    local ms tps tf mem mfu
+    local ms tps tf mem mfu l0
     ms=$(kv "$2" ms_per_step); tps=$(kv "$2" tokens_per_s); tf=$(kv "$2" tflops)
-    mem=$(kv "$2" peak_mib)
-    if [ -z "$ms" ]; then printf "$FMT" "$1" failed - - -; return; fi
+    mem=$(kv "$2" peak_mib); l0=$(kv "$2" loss0)
+    if [ -z "$ms" ]; then printf "$FMT" "$1" failed - - - -; return; fi
     mfu=$(awk -v t="$tf" -v p="$PEAK" \
           'BEGIN { if (p > 0) printf "%.1f%%", 100 * t / p; else print "n/a" }')
-    printf "$FMT" "$1" "$ms" "$tps" "$mfu" "$mem MiB"
+    printf "$FMT" "$1" "$ms" "$tps" "$mfu" "$mem MiB" "$l0"
 }
 {
     echo
@@ -178,11 +182,13 @@ row() { # $1 label, $2 file
     echo "training: $NSEQ x $SEQ tokens per step, LoRA r 16 on all linear layers, median of $STEPS"
     echo "MFU: useful FLOPs / (time x ${PEAK} TFLOP/s, the card's dense bf16 peak)"
     echo
-    printf "$FMT" "training" "ms/step" "tokens/s" "MFU" "peak memory"
-    printf "|%s|%s|%s|%s|%s|\n" "$(printf -- '-%.0s' {1..24})" "$(printf -- '-%.0s' {1..12})" \
-        "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..14})"
+    printf "$FMT" "training" "ms/step" "tokens/s" "MFU" "peak memory" "step-1 loss"
+    printf "|%s|%s|%s|%s|%s|%s|\n" "$(printf -- '-%.0s' {1..24})" "$(printf -- '-%.0s' {1..12})" \
+        "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..14})" \
+        "$(printf -- '-%.0s' {1..14})"
     row "fp32 GEMMs" "$OUT/train-fp32.txt"
     row "TF32 GEMMs (10 steps)" "$OUT/train-tf32.txt"
+    row "bf16 GEMMs (10 steps)" "$OUT/train-bf16.txt"
     echo
     echo "kernel checks: $KERNELS"
     echo "scoring: $NROWS rows, $ROWS_S rows/s (rubric score --backend cuda, one process)"

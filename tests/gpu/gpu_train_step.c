@@ -84,7 +84,7 @@ int main(int argc, char **argv)
     model_trainable(m, &tv);
     float *mom = ops->alloc(sizeof(float) * (size_t)tv.n_padded);
     float *var = ops->alloc(sizeof(float) * (size_t)tv.n_padded);
-    double *ms = xmalloc(sizeof(double) * (size_t)(steps + 1)), loss = 0;
+    double *ms = xmalloc(sizeof(double) * (size_t)(steps + 1)), loss = 0, loss0 = 0;
     int64_t n_tok = 0;
     for (int s = 0; s <= steps; s++) {
         ops->sync();
@@ -96,6 +96,8 @@ int main(int argc, char **argv)
         ops->adamw(tv.params, tv.grads, mom, var, tv.n_padded, &sc);
         ops->sync();
         ms[s] = (now_seconds() - t0) * 1e3;
+        if (s == 0)
+            loss0 = loss / (double)(n_tok ? n_tok : 1);
         if (s == 0 || s == steps)
             fprintf(stderr, "gpu_train_step: step %d loss %.4f (%.1f ms)\n", s,
                     loss / (double)(n_tok ? n_tok : 1), ms[s]);
@@ -110,9 +112,9 @@ int main(int argc, char **argv)
         peak_mib = (double)cuda_info_peak_bytes() / 1048576.0;
 #endif
     printf("backend=%s ms_per_step=%.2f tokens_per_s=%.0f gflop_per_step=%.2f tflops=%.3f "
-           "loss=%.5f peak_mib=%.0f tokens=%d trainable=%lld\n",
+           "loss0=%.5f loss=%.5f peak_mib=%.0f tokens=%d trainable=%lld\n",
            ops->name, med, b.n_tokens / (med * 1e-3), flops / 1e9, flops / (med * 1e-3) / 1e12,
-           loss / (double)(n_tok ? n_tok : 1), peak_mib, b.n_tokens, (long long)tv.n);
+           loss0, loss / (double)(n_tok ? n_tok : 1), peak_mib, b.n_tokens, (long long)tv.n);
     ops->free(mom);
     ops->free(var);
     free(ms);
