@@ -217,7 +217,8 @@ def main():
           % labels[plain])
     print("   vs sorted: against %s)" % labels[srt])
     if avx512() and "OPENBLAS_CORETYPE" not in os.environ:
-        print("  (rubric ran with OPENBLAS_CORETYPE=SkylakeX, as its startup warning advises)")
+        print("  (rubric ran with OPENBLAS_CORETYPE=SkylakeX: OpenBLAS's AVX-512 kernels, which")
+        print("   Debian's 0.3.21 does not pick by itself on every AVX-512 CPU)")
     print("cost: %.2f rows/s per worker -> %.4f per million rows at gpu_hour_cost %.2f" %
           (cached, a.gpu_hour_cost / 3600.0 / cached * 1e6, a.gpu_hour_cost))
 

@@ -513,20 +513,41 @@ Test(model, prefill_batch_equals_per_row_prefill)
     model_free(m);
 }
 
+/* The extend tests' start: rows of 2, 1 and 3 tokens on top of cached prefixes of 3, 6 and 2
+ * fixture tokens, in pairs of caches (batched, single). */
+enum { EXT_ROWS = 3 };
+typedef struct {
+    model *m;
+    packed_batch b;
+    int V, n_tok;
+    int counts[EXT_ROWS];
+    model_kv_cache *batched[EXT_ROWS], *single[EXT_ROWS];
+    uint32_t toks[8];
+} extend_fixture;
+
+static void extend_fixture_init(extend_fixture *f)
+{
+    int start[EXT_ROWS] = {4, 10, 15}, counts[EXT_ROWS] = {2, 1, 3}, prefix[EXT_ROWS] = {3, 6, 2};
+    f->m = load_model("qwen3", ADAPTER_LORA, 0, 1);
+    load_batch("qwen3", &f->b);
+    f->V = model_get_config(f->m)->vocab_size;
+    memcpy(f->counts, counts, sizeof counts);
+    f->n_tok = cache_pairs(f->m, &f->b, EXT_ROWS, start, counts, prefix, f->batched, f->single,
+                           f->toks);
+}
+
 /* model_extend_batch gives the logits of every appended token: equal (within 4e-6, as above)
  * to appending them one at a time, rows of 1, 2 and 3 tokens on top of different cache
  * lengths; the caches end the same (one more decode step agrees). */
 Test(model, extend_batch_equals_token_by_token)
 {
-    model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
-    packed_batch b;
-    load_batch("qwen3", &b);
-    int V = model_get_config(m)->vocab_size;
-    enum { R = 3 };
-    int start[R] = {4, 10, 15}, counts[R] = {2, 1, 3}, prefix[R] = {3, 6, 2};
-    model_kv_cache *batched[R], *single[R];
-    uint32_t toks[8];
-    int n_tok = cache_pairs(m, &b, R, start, counts, prefix, batched, single, toks);
+    extend_fixture f;
+    extend_fixture_init(&f);
+    model *m = f.m;
+    int V = f.V, n_tok = f.n_tok, *counts = f.counts;
+    enum { R = EXT_ROWS };
+    model_kv_cache **batched = f.batched, **single = f.single;
+    uint32_t *toks = f.toks;
     float *got = xmalloc(sizeof(float) * (size_t)n_tok * (size_t)V);
     float *want = xmalloc(sizeof(float) * (size_t)V);
     cr_assert_eq(model_extend_batch(m, batched, toks, counts, R, got), 0, "%s", err_msg());
@@ -538,10 +559,10 @@ Test(model, extend_batch_equals_token_by_token)
         }
     for (int r = 0; r < R; r++)
         cr_assert_eq(model_kv_cache_len(batched[r]), model_kv_cache_len(single[r]));
-    decode_agrees_and_free(m, &b, R, batched, single, model_extend_batch);
+    decode_agrees_and_free(m, &f.b, R, batched, single, model_extend_batch);
     free(got);
     free(want);
-    packed_batch_free(&b);
+    packed_batch_free(&f.b);
     model_free(m);
 }
 
@@ -551,15 +572,13 @@ Test(model, extend_batch_equals_token_by_token)
  * the vocabulary is refused. */
 Test(model, extend_batch_sel_makes_selected_logits_only)
 {
-    model *m = load_model("qwen3", ADAPTER_LORA, 0, 1);
-    packed_batch b;
-    load_batch("qwen3", &b);
-    int V = model_get_config(m)->vocab_size;
-    enum { R = 3 };
-    int start[R] = {4, 10, 15}, counts[R] = {2, 1, 3}, prefix[R] = {3, 6, 2};
-    model_kv_cache *batched[R], *single[R];
-    uint32_t toks[8];
-    int n_tok = cache_pairs(m, &b, R, start, counts, prefix, batched, single, toks);
+    extend_fixture f;
+    extend_fixture_init(&f);
+    model *m = f.m;
+    int V = f.V, n_tok = f.n_tok, *counts = f.counts;
+    enum { R = EXT_ROWS };
+    model_kv_cache **batched = f.batched, **single = f.single;
+    uint32_t *toks = f.toks;
     uint8_t full[6] = {1, 0, 0, 1, 0, 1};
     uint32_t ids[4] = {0, 7, (uint32_t)V / 2, (uint32_t)V - 1};
     model_logit_sel sel = {.full = full, .ids = ids, .n_ids = 4};
@@ -601,7 +620,7 @@ Test(model, extend_batch_sel_makes_selected_logits_only)
     }
     free(got);
     free(want);
-    packed_batch_free(&b);
+    packed_batch_free(&f.b);
     model_free(m);
 }
 
