@@ -9,9 +9,12 @@
  * prefilled. One prefix is kept: a row with a different prefix replaces it. With the cache off
  * every row is prefilled whole; the scores are the same either way (tested).
  *
- * Decoding: the rows of a batch are prefilled one by one (each from its own cache, so no row
- * attends to another), then decoded together one token per step with model_decode_batch, up to
- * 2K tokens, each row stopping at the end token. Only the last position's logits are computed.
+ * Decoding: the rows of a batch are prefilled together but their last prompt token (each from
+ * its own cache, so no row attends to another; no logits, so the last layer only caches its
+ * keys and values), then decoded together with model_extend_batch_sel, one pass per digit: a
+ * row appends its newest token and, where the grammar forces the next one (the separator), that
+ * one too, each stopping at the end token. A row already off the grammar gets the logits at the
+ * grammar's ids only (scorer_options.full_logits: the whole vocabulary anyway).
  *
  * The backend interface (scorer_backend) lets the coordinator drive either this model scorer or
  * a fake one (coordinator/score.c, `--fake-model`, for tests of the data path at millions of
