@@ -5,7 +5,8 @@
  * rubric_config, its allowed range, and, for keys rubric reads but does not act on the way
  * Axolotl does, the info line it logs. docs/config.md documents the same table for users.
  *
- * Messages name the place: "config.yml:7:10: lora_r: expected a positive integer, got \"abc\"".
+ * Messages name the place: "config.yml:7:10: lora_r: expected an integer from 1 to 4096, got
+ * \"abc\"".
  * Overrides from the command line (config_set) read "--set:1:8: ..." with the column inside
  * the "key=value" text.
  */
@@ -508,12 +509,12 @@ static int get_string(load_ctx *cx, const yaml_node_t *n, const char *key, const
     return 0;
 }
 
-/* "a positive integer", "an integer from 0 to 9", ... */
+/* "an integer from 1 to 4096", "an integer >= 0", ...: the range, unless it has no useful top */
 static void int_expectation(const key_def *k, char *buf, size_t size)
 {
     if (k->expect)
         snprintf(buf, size, "%s", k->expect);
-    else if (k->lo == 1)
+    else if (k->lo == 1 && k->hi >= INT_MAX / 2)
         snprintf(buf, size, "a positive integer");
     else if (k->lo == 0 && k->hi >= INT_MAX / 2)
         snprintf(buf, size, "an integer >= 0");

@@ -248,7 +248,7 @@ Test(config, print_config_round_trips)
 Test(config, wrong_type)
 {
     expect_load_error(FIX "wrong_type.yml", 0, FIX "wrong_type.yml:3:9",
-                      "lora_r: expected a positive integer, got \"abc\"");
+                      "lora_r: expected an integer from 1 to 4096, got \"abc\"");
 }
 
 Test(config, value_out_of_range)
@@ -391,12 +391,40 @@ Test(config, set_overrides)
     config_free(&c);
 }
 
+/* An integer out of its range names the range (one rule for every ranged integer key). */
+Test(config, int_out_of_range_names_the_range)
+{
+    static const struct {
+        const char *set, *what;
+    } cases[] = {
+        {"lora_r=5000", "lora_r: expected an integer from 1 to 4096, got \"5000\""},
+        {"lora_r=0", "lora_r: expected an integer from 1 to 4096, got \"0\""},
+        {"score_max=12", "score_max: expected an integer from 0 to 9, got \"12\""},
+        {"zero_stage=3", "zero_stage: expected an integer from 0 to 2, got \"3\""},
+        {"micro_batch_size=70000", "micro_batch_size: expected an integer from 1 to 65536"},
+        {"sequence_len=8", "sequence_len: expected an integer from 16 to 1048576"},
+        {"save_total_limit=-1", "save_total_limit: expected an integer from 0 to 1048576"},
+        {"logging_steps=0", "logging_steps: expected a positive integer, got \"0\""},
+    };
+    for (size_t i = 0; i < RB_ARRAY_LEN(cases); i++) {
+        rubric_config c;
+        config_defaults(&c);
+        expect_input_error(config_set(&c, cases[i].set), "--set:1:", cases[i].what);
+        config_free(&c);
+    }
+    rubric_config c;
+    config_defaults(&c);
+    cr_assert_eq(config_set(&c, "lora_r=4096"), 0, "%s", err_msg());
+    cr_assert_eq(c.lora_r, 4096);
+    config_free(&c);
+}
+
 Test(config, set_bad_value_names_the_column)
 {
     rubric_config c;
     config_defaults(&c);
     expect_input_error(config_set(&c, "lora_r=abc"), "--set:1:8",
-                       "lora_r: expected a positive integer, got \"abc\"");
+                       "lora_r: expected an integer from 1 to 4096, got \"abc\"");
     expect_input_error(config_set(&c, "lora_target_modules=[q_proj, zz]"), "--set:1:30", "zz");
     expect_input_error(config_set(&c, "lora_r=[1"), "--set:1:", "YAML syntax error");
     expect_input_error(config_set(&c, "chat_template=chatml"), "--set:1:15",
