@@ -120,8 +120,14 @@ int cmd_train(int argc, char **argv)
                 log_error("%s", err_msg());
             else if (!rc && (rc = config_resolve_model(&cfg)))
                 log_error("%s", err_msg());
-            if (!rc)
-                rc = mkdir_p(cfg.output_dir);
+
+            /* output_dir must take files now, not at the first checkpoint hours later */
+            if (!rc) {
+                mine = w.rank == 0 ? config_check_output_dir(&cfg) : 0;
+                MPI_Allreduce(&mine, &rc, 1, MPI_INT, MPI_MAX, w.world);
+                if (mine)
+                    log_error("%s", err_msg());
+            }
             if (!rc) {
                 rc = train_run(&w, &cfg, &opt);
                 if (rc)

@@ -730,6 +730,58 @@ Test(config, missing_dataset_file_names_its_place)
     free(path);
 }
 
+/* output_dir, checked by train before the model loads: a regular file, a path under a file
+ * (mkdir fails even for root) and an existing folder that takes no file are exit 2 at the
+ * key's place with the reason; a missing folder is made, a writable one left as it was. */
+Test(config, output_dir_must_be_a_writable_folder)
+{
+    char dir[] = "/tmp/rubric_cfgout_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir, "base_model: x\n# checkpoints\noutput_dir: %s/my.yml\n", &c);
+    char *file = xasprintf("%s/my.yml", dir);
+    write_text(file, "lora_r: 8\n");
+    char *place = xasprintf("%s:3:1: output_dir: %s exists and is not a folder", path, file);
+    expect_input_error(config_check_output_dir(&c), place, "--set output_dir=");
+
+    /* under a regular file: the mkdir error and its reason (the key now set by --set) */
+    cr_assert_eq(config_set(&c, "output_dir=elsewhere"), 0, "%s", err_msg());
+    free(c.output_dir);
+    c.output_dir = xasprintf("%s/out", file);
+    expect_input_error(config_check_output_dir(&c), "--set: output_dir: ", "Not a directory");
+    cr_expect(strstr(err_msg(), c.output_dir), "%s", err_msg());
+
+    /* missing: made, and nothing left in it */
+    char *fresh = xasprintf("%s/runs/a", dir);
+    free(c.output_dir);
+    c.output_dir = xstrdup(fresh);
+    cr_assert_eq(config_check_output_dir(&c), 0, "%s", err_msg());
+    cr_assert(path_is_dir(fresh));
+    cr_assert_eq(rmdir(fresh), 0, "the write test left a file in %s", fresh);
+
+    /* an existing folder that takes no file: mode 0555 for a user, chattr +i for root */
+    char *ro = xasprintf("%s/ro", dir), *cmd = xasprintf("chattr +i %s 2>/dev/null", ro);
+    cr_assert_eq(mkdir(ro, 0555), 0);
+    int locked = geteuid() != 0 || system(cmd) == 0;
+    if (locked) {
+        free(c.output_dir);
+        c.output_dir = xstrdup(ro);
+        expect_input_error(config_check_output_dir(&c), "--set: output_dir: ", "not writable");
+        cr_expect(strstr(err_msg(), ro), "%s", err_msg());
+    } else {
+        cr_log_warn("chattr +i is not supported here: the unwritable-folder case is skipped");
+    }
+    free(cmd);
+    cmd = xasprintf("chattr -i %s 2>/dev/null; rm -rf %s", ro, dir);
+    cr_expect_eq(system(cmd), 0);
+    config_free(&c);
+    free(cmd);
+    free(ro);
+    free(fresh);
+    free(place);
+    free(file);
+    free(path);
+}
+
 Test(config, dataset_path_that_is_a_directory)
 {
     char dir[] = "/tmp/rubric_cfgds_XXXXXX";

@@ -27,6 +27,8 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
   sigint          one process, no mpirun: Ctrl-C (SIGINT) saves a checkpoint and exits 0, and
                   the stale metrics.jsonl of an earlier run without checkpoints is replaced;
                   a second Ctrl-C ends the process at once
+  bad_output_dir  output_dir a regular file, or a path under one: exit 2 naming the key, the
+                  path and the reason, before any work
   dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
                   the output names rank 2
   hung_worker     a worker stopped (SIGSTOP): the coordinator's deadline ends the job non-zero
@@ -353,6 +355,20 @@ def case_sigint(r):
     return f"saved {saved[0]}, exit 0, fresh log (steps {steps}); twice: exit {rc}"
 
 
+def case_bad_output_dir(r):
+    """output_dir a regular file, or under one (mkdir fails even for root): exit 2 with the
+    key, the path and the reason, before the data is prepared or the model loaded."""
+    said = []
+    for out, why in ((f"{r.root}/cfg.yml", "exists and is not a folder"),
+                     (f"{r.root}/cfg.yml/out", "Not a directory")):
+        p = train(r.root, out, 0, check=False)
+        assert p.returncode == 2, f"{out}: exit {p.returncode}:\n{p.stdout[-2000:]}"
+        assert f"--set: output_dir: {out}" in p.stdout and why in p.stdout, p.stdout[-2000:]
+        assert "prep:" not in p.stdout and "dataset:" not in p.stdout, p.stdout[-2000:]
+        said.append(why)
+    return "exit 2 before any work: " + "; ".join(said)
+
+
 def case_dead_worker(r):
     t0 = time.time()
     p = train(r.root, f"{r.root}/dead", 2, env={"RUBRIC_TEST_DIE_AT_STEP": "2:1"}, check=False)
@@ -405,7 +421,7 @@ def case_hung_worker(r):
 
 
 CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "sigterm_score",
-         "kill_resume", "sigint", "dead_worker", "hung_worker"]
+         "kill_resume", "sigint", "bad_output_dir", "dead_worker", "hung_worker"]
 
 
 def main():
