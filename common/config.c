@@ -1547,11 +1547,14 @@ static char *dir_write_problem(const char *dir)
     char *probe = xasprintf("%s/.rubric-write-test.%ld", dir, (long)getpid());
     int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
     char *problem = NULL;
-    if (fd < 0)
+    if (fd < 0) {
         problem = xasprintf("is not writable (creating a file in it: %s)", strerror(errno));
-    else if (close(fd) != 0 || unlink(probe) != 0)
-        problem = xasprintf("is not writable (a test file %s could not be removed: %s)", probe,
-                            strerror(errno));
+    } else {
+        close(fd);
+        if (unlink(probe) != 0)
+            problem = xasprintf("is not writable (a test file %s could not be removed: %s)",
+                                probe, strerror(errno));
+    }
     free(probe);
     return problem;
 }

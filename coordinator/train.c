@@ -318,8 +318,8 @@ static int64_t ckpt_max_steps(const ckpt_meta *m)
  * the plain case (the hint of a complete run says to raise it); else another shape of run. */
 static void report_total_steps(const trainer *t, const ckpt_meta *m)
 {
-    if (m->total_steps == t->total_steps)
-        return;
+    if (m->total_steps == t->total_steps || m->step >= t->total_steps)
+        return; /* the same length, or nothing left to train (coordinate says so) */
     int64_t was = ckpt_max_steps(m), now = t->cfg->max_steps;
     if (was != 0 && was != now) {
         char before[64], after[64];
