@@ -34,7 +34,8 @@ static void tokenize_usage(FILE *out)
             "  --tokenizer DIR  folder holding tokenizer.json (or the file itself)\n"
             "  --input FILE     JSONL, one {\"text\": \"...\"} per line (default: - = stdin)\n"
             "  --output FILE    JSONL, one {\"ids\": [...]} per line (default: - = stdout);\n"
-            "                   a file is written atomically (nothing is left on an error)\n"
+            "                   a file is written atomically (nothing is left on an error);\n"
+            "                   the input file itself is refused (exit 2)\n"
             "  --literal        encode added-token text such as <|im_end|> as plain text, as\n"
             "                   rubric does for user data in training and scoring\n"
             "                   (default: match added tokens whole, as Hugging Face does)\n"
@@ -183,10 +184,17 @@ int cmd_tokenize(int argc, char **argv)
         return rc;
     }
 
-    /* the input first (a directory or unreadable file is an error before any work) */
+    /* the input first (a directory or unreadable file is an error before any work), and the
+     * output must not be the input: the ids would replace the text */
     if (strcmp(a.input, "-") != 0 && (rc = jsonl_check_input(a.input, "--input"))) {
         log_error("tokenize: %s", err_msg());
         return rc;
+    }
+    if (strcmp(a.input, "-") != 0 && strcmp(a.output, "-") != 0 && same_path(a.input, a.output)) {
+        log_error("tokenize: --output %s is the input file: the %s would replace the %s; give "
+                  "another --output", a.output, a.decode ? "text" : "ids",
+                  a.decode ? "ids" : "text");
+        return RB_EXIT_INPUT;
     }
 
     /* the tokenizer and the input */

@@ -5,7 +5,8 @@
  * rubric_config, its allowed range, and, for keys rubric reads but does not act on the way
  * Axolotl does, the info line it logs. docs/config.md documents the same table for users.
  *
- * Messages name the place: "config.yml:7:10: lora_r: expected a positive integer, got \"abc\"".
+ * Messages name the place: "config.yml:7:10: lora_r: expected an integer from 1 to 4096, got
+ * \"abc\"".
  * Overrides from the command line (config_set) read "--set:1:8: ..." with the column inside
  * the "key=value" text.
  */
@@ -14,6 +15,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -508,12 +510,12 @@ static int get_string(load_ctx *cx, const yaml_node_t *n, const char *key, const
     return 0;
 }
 
-/* "a positive integer", "an integer from 0 to 9", ... */
+/* "an integer from 1 to 4096", "an integer >= 0", ...: the range, unless it has no useful top */
 static void int_expectation(const key_def *k, char *buf, size_t size)
 {
     if (k->expect)
         snprintf(buf, size, "%s", k->expect);
-    else if (k->lo == 1)
+    else if (k->lo == 1 && k->hi >= INT_MAX / 2)
         snprintf(buf, size, "a positive integer");
     else if (k->lo == 0 && k->hi >= INT_MAX / 2)
         snprintf(buf, size, "an integer >= 0");
@@ -1534,6 +1536,54 @@ int config_check_score_files(const rubric_config *cfg)
         return rc;
     }
     return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* output_dir (train)                                                                         */
+
+/* What keeps a folder from taking a new file (NULL: nothing): one is made and removed. */
+static char *dir_write_problem(const char *dir)
+{
+    char *probe = xasprintf("%s/.rubric-write-test.%ld", dir, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    char *problem = NULL;
+    if (fd < 0) {
+        problem = xasprintf("is not writable (creating a file in it: %s)", strerror(errno));
+    } else {
+        close(fd);
+        if (unlink(probe) != 0)
+            problem = xasprintf("is not writable (a test file %s could not be removed: %s)",
+                                probe, strerror(errno));
+    }
+    free(probe);
+    return problem;
+}
+
+int config_check_output_dir(const rubric_config *cfg)
+{
+    const char *dir = cfg->output_dir;
+    struct stat st;
+    char *problem = NULL;
+    if (!dir || !dir[0])
+        problem = xstrdup("is empty");
+    else if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        problem = xasprintf("%s exists and is not a folder", dir);
+    else if (mkdir_p(dir) != 0)
+        problem = xasprintf("%s: %s", dir, err_msg());
+    else if ((problem = dir_write_problem(dir)) != NULL) {
+        char *p = xasprintf("%s %s", dir, problem);
+        free(problem);
+        problem = p;
+    }
+    if (!problem)
+        return 0;
+    char *place = key_place(cfg, "output_dir");
+    int rc = err_set(RB_EXIT_INPUT, "%s: output_dir: %s; checkpoints and logs go there: give a "
+                     "folder this user can write to (e.g. --set output_dir=outputs/run)", place,
+                     problem);
+    free(place);
+    free(problem);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------ */

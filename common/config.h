@@ -149,6 +149,10 @@ int config_check_datasets(const rubric_config *cfg);
  * 0, or RB_EXIT_INPUT naming the file:line:column of the key. */
 int config_check_score_files(const rubric_config *cfg);
 
+/* train, before the model loads: output_dir is a folder (made when missing) in which a file can
+ * be created. 0, or RB_EXIT_INPUT naming the file:line:column of the key and the reason. */
+int config_check_output_dir(const rubric_config *cfg);
+
 /* Resolve base_model to a local folder (a path, or a hub id in the Hugging Face cache). */
 int config_resolve_model(rubric_config *cfg);
 

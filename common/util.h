@@ -71,6 +71,9 @@ int read_file(const char *path, char **data, size_t *n);
 int mkdir_p(const char *path);
 int path_exists(const char *path);
 int path_is_dir(const char *path);
+/* 1 when a and b name the same file: the same string, or the same existing inode (so also
+ * through "..", a symbolic link or a hard link). */
+int same_path(const char *a, const char *b);
 
 /* A byte count "500000", "200K", "5G" or "5GB" (K, M, G: powers of 1000, as transformers'
  * max_shard_size). Returns 0, or -1 for anything else (zero, negative, overflow). */

@@ -53,12 +53,13 @@ static const char train_summary[] =
     "save_steps and at the end (see `rubric inspect`). An output_dir holding checkpoints of\n"
     "an earlier run is refused (exit 2) unless the run resumes (--resume, --requeue,\n"
     "resume_from_checkpoint); a run from step 0 starts a fresh metrics.jsonl, a resumed one\n"
-    "drops the rows past its checkpoint. SIGTERM or SIGUSR1 on rank 0, or Ctrl-C (SIGINT) on\n"
-    "one process without mpirun, saves a checkpoint after the current step and exits 0 (a\n"
-    "second Ctrl-C exits at once). mpirun itself, when IT gets SIGTERM, passes SIGTERM to\n"
-    "the ranks, which save the checkpoint, but then exits non-zero: look for\n"
-    "`checkpoint of step N saved` in the log. A worker that dies or stops answering ends the\n"
-    "job (exit 1) with a message naming its rank.\n"
+    "drops the rows past its checkpoint. output_dir is checked before the model loads: a\n"
+    "file, or a folder that cannot be made or written, is exit 2. SIGTERM or SIGUSR1 on\n"
+    "rank 0, or Ctrl-C (SIGINT) on one process without mpirun, saves a checkpoint after the\n"
+    "current step and exits 0 (a second Ctrl-C exits at once). mpirun itself, when IT gets\n"
+    "SIGTERM, passes SIGTERM to the ranks, which save the checkpoint, but then exits\n"
+    "non-zero: look for `checkpoint of step N saved` in the log. A worker that dies or\n"
+    "stops answering ends the job (exit 1) with a message naming its rank.\n"
     "With score_after_train: FILE and/or test_datasets in CONFIG, each file is scored after\n"
     "the final checkpoint on the same ranks with the trained model (see `rubric score`):\n"
     "output_dir gets predictions-<name>.jsonl and predictions-<name>.metrics.json (majority\n"
@@ -120,8 +121,14 @@ int cmd_train(int argc, char **argv)
                 log_error("%s", err_msg());
             else if (!rc && (rc = config_resolve_model(&cfg)))
                 log_error("%s", err_msg());
-            if (!rc)
-                rc = mkdir_p(cfg.output_dir);
+
+            /* output_dir must take files now, not at the first checkpoint hours later */
+            if (!rc) {
+                mine = w.rank == 0 ? config_check_output_dir(&cfg) : 0;
+                MPI_Allreduce(&mine, &rc, 1, MPI_INT, MPI_MAX, w.world);
+                if (mine)
+                    log_error("%s", err_msg());
+            }
             if (!rc) {
                 rc = train_run(&w, &cfg, &opt);
                 if (rc)

@@ -968,14 +968,6 @@ static int infer_k(const score_options *o, int *k)
 
 /* --input must be a readable file, --output must not be a folder nor the input itself (the
  * predictions would replace the rows), and neither may be the output's side files. */
-/* 1 when a and b name the same file (the same string, or the same existing inode). */
-static int same_path(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return strcmp(a, b) == 0 || (stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
-                                 sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino);
-}
-
 /* A file this run will write: not a directory, its folder made and writable. */
 static int check_writable(const char *path, const char *what)
 {

@@ -301,6 +301,46 @@ static int resume_path(trainer *t, char **path)
     return 0;
 }
 
+/* max_steps of the run that wrote a checkpoint, from the config stored in it (0: unknown). */
+static int64_t ckpt_max_steps(const ckpt_meta *m)
+{
+    rubric_config was;
+    int64_t v = 0;
+    if (m->config_yaml && config_load_text(&was, "the checkpoint's config", m->config_yaml, 0) == 0)
+        v = was.max_steps;
+    else
+        err_clear();
+    config_free(&was);
+    return v;
+}
+
+/* Rank 0, resuming: say why the checkpoint's run had another length. A changed max_steps is
+ * the plain case (the hint of a complete run says to raise it); else another shape of run. */
+static void report_total_steps(const trainer *t, const ckpt_meta *m)
+{
+    if (m->total_steps == t->total_steps || m->step >= t->total_steps)
+        return; /* the same length, or nothing left to train (coordinate says so) */
+    int64_t was = ckpt_max_steps(m), now = t->cfg->max_steps;
+    if (was != 0 && was != now) {
+        char before[64], after[64];
+        if (was > 0)
+            snprintf(before, sizeof before, "max_steps %" PRId64, was);
+        else
+            snprintf(before, sizeof before, "from num_epochs");
+        if (now > 0)
+            snprintf(after, sizeof after, "max_steps is now %" PRId64, now);
+        else
+            snprintf(after, sizeof after, "max_steps is now -1 (from num_epochs)");
+        log_info("%s (the checkpoint's run had %" PRId64 " steps, %s): the run continues to "
+                 "step %" PRId64 "; the learning-rate schedule follows the new length", after,
+                 m->total_steps, before, t->total_steps);
+        return;
+    }
+    log_warn("the checkpoint's run had %" PRId64 " steps, this one has %" PRId64 " (another "
+             "dataset, worker count or batch size?): the schedule and the data order follow "
+             "this run", m->total_steps, t->total_steps);
+}
+
 /* Every rank: load the checkpoint, each its own slice; *start = the steps it had done. */
 static int resume(trainer *t, int64_t *start)
 {
@@ -326,10 +366,7 @@ static int resume(trainer *t, int64_t *start)
         log_info("resumed from %s: step %" PRId64 ", epoch %" PRId64 " (written by %d worker%s,"
                  " now %d)", path, m.step, m.epoch, m.world_size, m.world_size == 1 ? "" : "s",
                  t->w->n_workers);
-        if (m.total_steps != t->total_steps)
-            log_warn("the checkpoint's run had %" PRId64 " steps, this one has %" PRId64
-                     " (another dataset, worker count or batch size?): the schedule and the "
-                     "data order follow this run", m.total_steps, t->total_steps);
+        report_total_steps(t, &m);
         t->last_loss = m.loss;
         t->last_lr = m.lr;
     }
@@ -615,14 +652,16 @@ static int coordinate(trainer *t, int64_t start)
             progress_finish(&prog);
             return rc;
         }
-        rc = train_step(t, step);
+        /* a failed step (a hung worker) is not done, and its line is progress_finish's */
+        if ((rc = train_step(t, step)))
+            break;
         done = step + 1;
-        if (!rc && (due(done, cfg->eval_steps, t->steps_per_epoch) || done == t->total_steps))
+        if (due(done, cfg->eval_steps, t->steps_per_epoch) || done == t->total_steps)
             rc = evaluate(t, done);
         if (!rc && ((cfg->save_steps > 0 && done % cfg->save_steps == 0) ||
                     done == t->total_steps))
             rc = save_checkpoint(t, done);
-        if (done < t->total_steps) /* the last line is progress_finish's */
+        if (!rc && done < t->total_steps) /* the last line is progress_finish's */
             progress_update(&prog, done - start);
     }
     prog.done = done - start;

@@ -57,8 +57,9 @@ fi
 # Embeddings at std 0.25 rather than 0.02: the frozen tied embeddings of a random model at 0.02
 # bound its logits to about +-1, so no adapter could lower its loss far below ln(vocab).
 banner "2/4 model: rubric init-model -> $RUN_DIR/model"
+# --force: a RUN_DIR given again gets the same model (same seed) over its own earlier one.
 mkdir -p "$RUN_DIR"
-"$RUBRIC" init-model --out "$RUN_DIR/model" --hidden 64 --layers 2 --heads 4 --kv-heads 2 \
+"$RUBRIC" init-model --force --out "$RUN_DIR/model" --hidden 64 --layers 2 --heads 4 --kv-heads 2 \
     --head-dim 16 --intermediate 192 --embed-std 0.25 --seed 1
 
 # 3. the data

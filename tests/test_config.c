@@ -248,7 +248,7 @@ Test(config, print_config_round_trips)
 Test(config, wrong_type)
 {
     expect_load_error(FIX "wrong_type.yml", 0, FIX "wrong_type.yml:3:9",
-                      "lora_r: expected a positive integer, got \"abc\"");
+                      "lora_r: expected an integer from 1 to 4096, got \"abc\"");
 }
 
 Test(config, value_out_of_range)
@@ -391,12 +391,40 @@ Test(config, set_overrides)
     config_free(&c);
 }
 
+/* An integer out of its range names the range (one rule for every ranged integer key). */
+Test(config, int_out_of_range_names_the_range)
+{
+    static const struct {
+        const char *set, *what;
+    } cases[] = {
+        {"lora_r=5000", "lora_r: expected an integer from 1 to 4096, got \"5000\""},
+        {"lora_r=0", "lora_r: expected an integer from 1 to 4096, got \"0\""},
+        {"score_max=12", "score_max: expected an integer from 0 to 9, got \"12\""},
+        {"zero_stage=3", "zero_stage: expected an integer from 0 to 2, got \"3\""},
+        {"micro_batch_size=70000", "micro_batch_size: expected an integer from 1 to 65536"},
+        {"sequence_len=8", "sequence_len: expected an integer from 16 to 1048576"},
+        {"save_total_limit=-1", "save_total_limit: expected an integer from 0 to 1048576"},
+        {"logging_steps=0", "logging_steps: expected a positive integer, got \"0\""},
+    };
+    for (size_t i = 0; i < RB_ARRAY_LEN(cases); i++) {
+        rubric_config c;
+        config_defaults(&c);
+        expect_input_error(config_set(&c, cases[i].set), "--set:1:", cases[i].what);
+        config_free(&c);
+    }
+    rubric_config c;
+    config_defaults(&c);
+    cr_assert_eq(config_set(&c, "lora_r=4096"), 0, "%s", err_msg());
+    cr_assert_eq(c.lora_r, 4096);
+    config_free(&c);
+}
+
 Test(config, set_bad_value_names_the_column)
 {
     rubric_config c;
     config_defaults(&c);
     expect_input_error(config_set(&c, "lora_r=abc"), "--set:1:8",
-                       "lora_r: expected a positive integer, got \"abc\"");
+                       "lora_r: expected an integer from 1 to 4096, got \"abc\"");
     expect_input_error(config_set(&c, "lora_target_modules=[q_proj, zz]"), "--set:1:30", "zz");
     expect_input_error(config_set(&c, "lora_r=[1"), "--set:1:", "YAML syntax error");
     expect_input_error(config_set(&c, "chat_template=chatml"), "--set:1:15",
@@ -699,6 +727,58 @@ Test(config, missing_dataset_file_names_its_place)
     unlink(path);
     rmdir(dir);
     free(train);
+    free(path);
+}
+
+/* output_dir, checked by train before the model loads: a regular file, a path under a file
+ * (mkdir fails even for root) and an existing folder that takes no file are exit 2 at the
+ * key's place with the reason; a missing folder is made, a writable one left as it was. */
+Test(config, output_dir_must_be_a_writable_folder)
+{
+    char dir[] = "/tmp/rubric_cfgout_XXXXXX";
+    rubric_config c;
+    char *path = dataset_config(dir, "base_model: x\n# checkpoints\noutput_dir: %s/my.yml\n", &c);
+    char *file = xasprintf("%s/my.yml", dir);
+    write_text(file, "lora_r: 8\n");
+    char *place = xasprintf("%s:3:1: output_dir: %s exists and is not a folder", path, file);
+    expect_input_error(config_check_output_dir(&c), place, "--set output_dir=");
+
+    /* under a regular file: the mkdir error and its reason (the key now set by --set) */
+    cr_assert_eq(config_set(&c, "output_dir=elsewhere"), 0, "%s", err_msg());
+    free(c.output_dir);
+    c.output_dir = xasprintf("%s/out", file);
+    expect_input_error(config_check_output_dir(&c), "--set: output_dir: ", "Not a directory");
+    cr_expect(strstr(err_msg(), c.output_dir), "%s", err_msg());
+
+    /* missing: made, and nothing left in it */
+    char *fresh = xasprintf("%s/runs/a", dir);
+    free(c.output_dir);
+    c.output_dir = xstrdup(fresh);
+    cr_assert_eq(config_check_output_dir(&c), 0, "%s", err_msg());
+    cr_assert(path_is_dir(fresh));
+    cr_assert_eq(rmdir(fresh), 0, "the write test left a file in %s", fresh);
+
+    /* an existing folder that takes no file: mode 0555 for a user, chattr +i for root */
+    char *ro = xasprintf("%s/ro", dir), *cmd = xasprintf("chattr +i %s 2>/dev/null", ro);
+    cr_assert_eq(mkdir(ro, 0555), 0);
+    int locked = geteuid() != 0 || system(cmd) == 0;
+    if (locked) {
+        free(c.output_dir);
+        c.output_dir = xstrdup(ro);
+        expect_input_error(config_check_output_dir(&c), "--set: output_dir: ", "not writable");
+        cr_expect(strstr(err_msg(), ro), "%s", err_msg());
+    } else {
+        cr_log_warn("chattr +i is not supported here: the unwritable-folder case is skipped");
+    }
+    free(cmd);
+    cmd = xasprintf("chattr -i %s 2>/dev/null; rm -rf %s", ro, dir);
+    cr_expect_eq(system(cmd), 0);
+    config_free(&c);
+    free(cmd);
+    free(ro);
+    free(fresh);
+    free(place);
+    free(file);
     free(path);
 }
 

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <xxhash.h>
 
@@ -223,6 +224,56 @@ Test(init_model, same_seed_same_bytes_other_seed_other_weights)
     free(c);
     for (int i = 0; i < 3; i++)
         free(args[i]);
+    rm_rf(d);
+    free(d);
+}
+
+/* A non-empty --out (a real model, a run's checkpoints) is refused, exit 2, its files kept;
+ * an empty existing folder is fine; --force writes into it, leaving other files alone. */
+Test(init_model, non_empty_out_needs_force)
+{
+    char *d = tmp_dir();
+    char *st = xasprintf("%s/model.safetensors", d), *ck = xasprintf("%s/checkpoint-40.h5", d);
+    char *cfg = xasprintf("%s/config.json", d);
+    cr_assert_eq(write_file_atomic(st, "real weights", 12), 0);
+    cr_assert_eq(write_file_atomic(ck, "a checkpoint", 12), 0);
+    char *args = xasprintf("--out %s --vocab 1000", d);
+    cr_assert_eq(run_rubric(args), 2, "init-model into a non-empty folder did not exit 2");
+    char *text;
+    size_t n;
+    cr_assert_eq(read_file(st, &text, &n), 0);
+    cr_expect_str_eq(text, "real weights", "model.safetensors was replaced");
+    free(text);
+    cr_expect_not(path_exists(cfg), "config.json was written into a non-empty folder");
+
+    /* the message says what to do */
+    char *cmd = xasprintf("'%s' init-model %s 2>&1 | grep -q 'is not empty.*--force'",
+                          getenv("RUBRIC_BIN"), args);
+    cr_expect_eq(system(cmd), 0, "the message does not name --force");
+    free(cmd);
+
+    /* --force: written, the checkpoint left as it was */
+    char *forced = xasprintf("%s --force", args);
+    cr_assert_eq(run_rubric(forced), 0, "init-model --force failed");
+    cr_assert_eq(read_file(st, &text, &n), 0);
+    cr_expect(n > 12 && memcmp(text, "real weights", 12) != 0, "--force did not write");
+    free(text);
+    cr_expect(path_exists(cfg));
+    cr_assert_eq(read_file(ck, &text, &n), 0);
+    cr_expect_str_eq(text, "a checkpoint");
+    free(text);
+
+    /* an existing empty folder needs no --force */
+    char *empty = xasprintf("%s/empty", d), *eargs = xasprintf("--out %s --vocab 1000", empty);
+    cr_assert_eq(mkdir(empty, 0755), 0);
+    cr_assert_eq(run_rubric(eargs), 0, "init-model into an empty folder failed");
+    free(empty);
+    free(eargs);
+    free(forced);
+    free(args);
+    free(cfg);
+    free(ck);
+    free(st);
     rm_rf(d);
     free(d);
 }

@@ -519,6 +519,32 @@ Test(prep, score_rows_that_do_not_fit_are_rejected, .init = setup, .fini = teard
     free(path);
 }
 
+/* A tie between two counts goes to the smaller one, whatever the row order (docs/prep.md):
+ * 2 rows of 3 scores and 2 rows of 2 give 2 per row and reject the 3-score rows. */
+Test(prep, score_count_tie_takes_the_smaller_count, .init = setup, .fini = teardown)
+{
+    static const char three_first[] = ROW(1, "3 4 2") ROW(2, "1 2 3") ROW(3, "3 4") ROW(4, "0 1");
+    static const char two_first[] = ROW(1, "3 4") ROW(2, "0 1") ROW(3, "3 4 2") ROW(4, "1 2 3");
+    const char *texts[] = {three_first, two_first};
+    const char *names[] = {"tie_a.jsonl", "tie_b.jsonl"};
+    for (int t = 0; t < 2; t++) {
+        char *path = write_tmp(names[t], texts[t], strlen(texts[t]));
+        const char *paths[] = {path, NULL};
+        rubric_config cfg;
+        make_config(&cfg, paths);
+        char *cache;
+        prep_stats st;
+        cr_assert_eq(prep_run(&cfg, tk, &cache, &st), 0, "%s", err_msg());
+        cr_assert_eq(st.score_dataset, 1);
+        cr_assert_eq(st.n_scores, 2, "%s: K = %d", names[t], st.n_scores);
+        cr_assert_eq(st.kept, 2);
+        cr_assert_eq(st.rejected[PREP_SCORE_COUNT], 2);
+        free(cache);
+        config_free(&cfg);
+        free(path);
+    }
+}
+
 Test(prep, long_rows_are_dropped_and_counted, .init = setup, .fini = teardown)
 {
     const char *paths[] = {EMOBANK, NULL};

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <threads.h>
 #include <unistd.h>
@@ -575,6 +576,58 @@ static int run_tokenize(const char *args, char **err)
     unlink(path);
     free(path);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* --output naming the input (the same string, through "..", a symbolic or a hard link):
+ * exit 2 with the reason, in both directions, and the input keeps its text. */
+Test(tokenizer, command_refuses_output_equal_to_input)
+{
+    char dir[] = "/tmp/rubric-toksame-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *in = xasprintf("%s/s.jsonl", dir), *sym = xasprintf("%s/sym.jsonl", dir);
+    char *hard = xasprintf("%s/hard.jsonl", dir), *sub = xasprintf("%s/sub", dir);
+    const char *text = "{\"text\": \"keep me\"}\n";
+    cr_assert_eq(write_file_atomic(in, text, strlen(text)), 0);
+    cr_assert_eq(symlink("s.jsonl", sym), 0);
+    cr_assert_eq(link(in, hard), 0);
+    cr_assert_eq(mkdir(sub, 0755), 0);
+
+    char *outputs[] = {in, xasprintf("%s/../s.jsonl", sub), sym, hard};
+    for (int i = 0; i < 4; i++) {
+        for (int decode = 0; decode < 2; decode++) {
+            char *args = xasprintf("%s--input %s --output %s", decode ? "--decode " : "", in,
+                                   outputs[i]);
+            char *err;
+            cr_assert_eq(run_tokenize(args, &err), 2, "%s: stderr: %s", args, err);
+            cr_expect(strstr(err, "is the input file"), "%s: stderr: %s", args, err);
+            cr_expect(strstr(err, outputs[i]), "%s: stderr: %s", args, err);
+            free(err);
+            free(args);
+        }
+    }
+    char *now;
+    size_t len;
+    cr_assert_eq(read_file(in, &now, &len), 0);
+    cr_expect_str_eq(now, text, "the input was changed: %s", now);
+    free(now);
+
+    /* another file in the same folder is fine */
+    char *other = xasprintf("%s/ids.jsonl", dir), *args = xasprintf("--input %s --output %s",
+                                                                    in, other), *err;
+    cr_expect_eq(run_tokenize(args, &err), 0, "stderr: %s", err);
+    cr_expect(path_exists(other));
+    free(err);
+    free(args);
+    free(other);
+
+    char *rm = xasprintf("rm -rf %s", dir);
+    cr_expect_eq(system(rm), 0);
+    free(rm);
+    free(outputs[1]);
+    free(in);
+    free(sym);
+    free(hard);
+    free(sub);
 }
 
 Test(tokenizer, command_encodes_decodes_and_rejects_bad_lines)

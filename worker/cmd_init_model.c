@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "commands.h"
+#include "export.h"
 #include "log.h"
 #include "model_config.h"
 #include "rubric_build.h"
@@ -88,6 +89,7 @@ typedef struct {
     double init_std;          /* std of the linear layers' normal init */
     double embed_std;         /* std of the embeddings and an untied LM head */
     int help;
+    int force; /* write into a non-empty --out */
     model_config mc;
 } init_options;
 
@@ -99,7 +101,10 @@ static void init_usage(FILE *fp)
             "Write a randomly initialised model as a Hugging Face folder (config.json,\n"
             "model.safetensors, generation_config.json, tokenizer files).\n"
             "\n"
-            "  --out DIR            the folder to write (created)\n"
+            "  --out DIR            the folder to write: a new or empty one (created)\n"
+            "  --force              write into a non-empty --out anyway, replacing its\n"
+            "                       files of the same names (config.json, *.safetensors,\n"
+            "                       tokenizer files); other files stay\n"
             "  --type T             qwen3 (default), qwen2 or llama\n"
             "  --hidden N           hidden size (64)\n"
             "  --layers N           decoder layers (2)\n"
@@ -161,7 +166,8 @@ static int init_parse_size(const char *s, uint64_t *out)
 static int init_parse_args(init_options *o, int argc, char **argv)
 {
     enum { O_OUT = 256, O_TYPE, O_HIDDEN, O_LAYERS, O_HEADS, O_KV, O_HD, O_INTER, O_VOCAB,
-           O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_STD, O_ESTD, O_HELP };
+           O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_STD, O_ESTD, O_HELP,
+           O_FORCE };
     static const struct option longopts[] = {
         {"out", required_argument, 0, O_OUT},        {"type", required_argument, 0, O_TYPE},
         {"hidden", required_argument, 0, O_HIDDEN},  {"layers", required_argument, 0, O_LAYERS},
@@ -175,6 +181,7 @@ static int init_parse_args(init_options *o, int argc, char **argv)
         {"tokenizer", required_argument, 0, O_TOK},  {"help", no_argument, 0, O_HELP},
         {"max-shard-size", required_argument, 0, O_SHARD},
         {"init-std", required_argument, 0, O_STD},   {"embed-std", required_argument, 0, O_ESTD},
+        {"force", no_argument, 0, O_FORCE},
         {0, 0, 0, 0},
     };
     static const char *const size_opts[] = {"--hidden", "--layers", "--heads", "--kv-heads",
@@ -211,6 +218,7 @@ static int init_parse_args(init_options *o, int argc, char **argv)
         case O_SHARD: rc = init_parse_size(optarg, &o->max_shard_bytes); break;
         case O_STD: rc = init_parse_std("--init-std", optarg, &o->init_std); break;
         case O_ESTD: rc = init_parse_std("--embed-std", optarg, &o->embed_std); break;
+        case O_FORCE: o->force = 1; break;
         case O_HELP: o->help = 1; return 0;
         default:
             rc = err_set(RB_EXIT_INPUT, "init-model: unknown or incomplete option '%s'",
@@ -448,7 +456,8 @@ static int init_model_run(const init_options *o)
     if (o->mc.vocab_size < 151669 && !o->tokenizer)
         log_warn("--vocab %d is smaller than the Qwen3 tokenizer's 151669 ids; token ids past "
                  "it will be rejected", o->mc.vocab_size);
-    if ((rc = mkdir_p(o->out))) {
+    /* a non-empty folder (a real model, a run's checkpoints) is refused without --force */
+    if ((rc = export_prepare_dir(o->out, NULL, o->force))) {
         free(tok_dir);
         return rc;
     }

@@ -232,16 +232,20 @@ int export_prepare_dir(const char *out_dir, const char *marker, int force)
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
             entries++;
     closedir(d);
-    char *m = xasprintf("%s/%s", out_dir, marker);
-    int ours = path_exists(m);
+    char *m = marker ? xasprintf("%s/%s", out_dir, marker) : NULL;
+    int ours = m && path_exists(m);
     free(m);
     if (entries == 0 || ours)
         return 0;
     if (force) {
-        log_warn("--out %s is not empty and holds no %s; writing into it (--force)", out_dir,
-                 marker);
+        log_warn("--out %s is not empty%s%s; writing into it (--force)", out_dir,
+                 marker ? " and holds no " : "", marker ? marker : "");
         return 0;
     }
+    if (!marker)
+        return err_set(RB_EXIT_INPUT, "--out %s is not empty (%d entr%s); choose a new or empty "
+                       "folder, or pass --force to write into it (files of the same names are "
+                       "replaced)", out_dir, entries, entries == 1 ? "y" : "ies");
     return err_set(RB_EXIT_INPUT, "--out %s is not empty and holds no previous export (no %s); "
                    "choose a new folder, or pass --force to write into it", out_dir, marker);
 }

@@ -130,7 +130,8 @@ esac
 MODEL=$WORK/qwen3-0.6b-random
 if [ ! -f "$MODEL/config.json" ]; then
     step "writing the random model $MODEL"
-    "$BUILD/rubric" init-model --out "$MODEL" --type qwen3 --hidden 1024 --layers 28 \
+    # --force: a folder left by an interrupted earlier write (no config.json yet) is ours
+    "$BUILD/rubric" init-model --force --out "$MODEL" --type qwen3 --hidden 1024 --layers 28 \
         --heads 16 --kv-heads 8 --head-dim 128 --intermediate 3072 --vocab 151936 \
         --rope-theta 1000000 --tie --seed 1 > "$OUT/init-model.log" 2>&1 ||
         { tail -5 "$OUT/init-model.log"; die "rubric init-model failed"; }

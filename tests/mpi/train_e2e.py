@@ -24,14 +24,18 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
                   uninterrupted run; the progress line shows this process's steps, its final
                   line once; resuming the finished run says so and trains nothing (exit 0); a
                   run without --resume into that output_dir is refused (exit 2) untouched
+  more_steps      the finished run resumed with a larger max_steps: an info line that it
+                  continues to the new max_steps, no warning guessing at other causes
   sigint          one process, no mpirun: Ctrl-C (SIGINT) saves a checkpoint and exits 0, and
                   the stale metrics.jsonl of an earlier run without checkpoints is replaced;
                   a second Ctrl-C ends the process at once
+  bad_output_dir  output_dir a regular file, or a path under one: exit 2 naming the key, the
+                  path and the reason, before any work
   dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
                   the output names rank 2
   hung_worker     a worker stopped (SIGSTOP): the coordinator's deadline ends the job non-zero
                   within 60 s, naming rank 2 (with rank 1, which waits for it in the step's
-                  collectives)
+                  collectives); the progress line once, counting the steps done
 
 usage: train_e2e.py [CASE...]   (default: all)
 """
@@ -318,6 +322,21 @@ def case_kill_resume(r):
             f"{evals} once, bitwise; complete run and fresh run into it handled")
 
 
+def case_more_steps(r):
+    """The finished run resumed with a larger max_steps: an info line that it continues to the
+    new max_steps, not the warning that guesses at another dataset or batch."""
+    out = f"{r.root}/more_steps"
+    copy_ckpt(r.one(), STEPS, out)
+    more = STEPS + 2
+    p = train(r.root, out, 0, ["--resume", "auto", "--set", f"max_steps={more}"])
+    want = (f"max_steps is now {more} (the checkpoint's run had {STEPS} steps, max_steps "
+            f"{STEPS}): the run continues to step {more}")
+    assert want in p.stdout, p.stdout[-2000:]
+    assert "another dataset" not in p.stdout and "warn" not in p.stdout, p.stdout[-2000:]
+    assert max(rows(out)) == more, sorted(rows(out))
+    return want
+
+
 def case_sigint(r):
     out = f"{r.root}/sigint"
     os.makedirs(out)
@@ -353,6 +372,20 @@ def case_sigint(r):
     return f"saved {saved[0]}, exit 0, fresh log (steps {steps}); twice: exit {rc}"
 
 
+def case_bad_output_dir(r):
+    """output_dir a regular file, or under one (mkdir fails even for root): exit 2 with the
+    key, the path and the reason, before the data is prepared or the model loaded."""
+    said = []
+    for out, why in ((f"{r.root}/cfg.yml", "exists and is not a folder"),
+                     (f"{r.root}/cfg.yml/out", "Not a directory")):
+        p = train(r.root, out, 0, check=False)
+        assert p.returncode == 2, f"{out}: exit {p.returncode}:\n{p.stdout[-2000:]}"
+        assert f"--set: output_dir: {out}" in p.stdout and why in p.stdout, p.stdout[-2000:]
+        assert "prep:" not in p.stdout and "dataset:" not in p.stdout, p.stdout[-2000:]
+        said.append(why)
+    return "exit 2 before any work: " + "; ".join(said)
+
+
 def case_dead_worker(r):
     t0 = time.time()
     p = train(r.root, f"{r.root}/dead", 2, env={"RUBRIC_TEST_DIE_AT_STEP": "2:1"}, check=False)
@@ -381,7 +414,8 @@ def rank_pid(mpirun_pid, rank):
 
 def case_hung_worker(r):
     t0 = time.time()
-    p = train(r.root, f"{r.root}/hung", 2, ["--step-timeout", "5"],
+    # the deadline (11 s + 5 x the slowest step) outlasts the 10 s between progress lines
+    p = train(r.root, f"{r.root}/hung", 2, ["--step-timeout", "11"],
               env={"RUBRIC_E2E_TAG": "hung"}, popen=True)
     log, stopped = "", None
     for line in p.stdout:
@@ -401,11 +435,16 @@ def case_hung_worker(r):
     # rank 1 waits for rank 2 inside the step's collectives, so both may be named
     ok = "no answer from worker rank 2" in log or "no answer from worker ranks 1, 2" in log
     assert ok, log[-2000:]
+    # one progress line, counting the steps done (not the one that hung)
+    prog = [line for line in log.splitlines() if re.match(r"train[^:]*: \d+/\d+ steps", line)]
+    done = len([line for line in log.splitlines() if re.match(r"step \d+/", line)])
+    assert len(prog) == 1 and prog[0].startswith(f"train: {done}/"), \
+        f"progress lines {prog} after {done} steps:\n{log[-2000:]}"
     return f"exit {rc} after {dt:.1f} s: " + log[log.index("no answer"):].split(" within")[0]
 
 
 CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "sigterm_score",
-         "kill_resume", "sigint", "dead_worker", "hung_worker"]
+         "kill_resume", "more_steps", "sigint", "bad_output_dir", "dead_worker", "hung_worker"]
 
 
 def main():
