@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "config.h"
+#include "jsonl.h"
 #include "log.h"
 #include "score.h"
 #include "scorer.h"
@@ -16,8 +17,9 @@
 
 enum {
     OPT_MODEL = 1, OPT_ADAPTER, OPT_INPUT, OPT_OUTPUT, OPT_METRICS, OPT_RESUME, OPT_NUM_SCORES,
-    OPT_CHUNK_ROWS, OPT_BATCH_ROWS, OPT_NO_PREFIX_CACHE, OPT_FULL_LOGITS, OPT_MAX_PROMPT, OPT_BASELINE,
-    OPT_BACKEND, OPT_WINDOW, OPT_TOKENIZER, OPT_METRICS_ONLY, OPT_FAKE_MODEL, OPT_FAKE_DELAY,
+    OPT_CHUNK_ROWS, OPT_BATCH_ROWS, OPT_NO_PREFIX_CACHE, OPT_FULL_LOGITS, OPT_MAX_PROMPT,
+    OPT_BASELINE, OPT_BACKEND, OPT_WINDOW, OPT_TOKENIZER, OPT_METRICS_ONLY, OPT_FAKE_MODEL,
+    OPT_FAKE_DELAY, OPT_WORKER_TIMEOUT,
 };
 
 static const struct option score_long_options[] = {
@@ -36,6 +38,7 @@ static const struct option score_long_options[] = {
     {"baseline-from", required_argument, NULL, OPT_BASELINE},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"window-chunks", required_argument, NULL, OPT_WINDOW},
+    {"worker-timeout", required_argument, NULL, OPT_WORKER_TIMEOUT},
     {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
     {"metrics-only", no_argument, NULL, OPT_METRICS_ONLY},
     {"fake-model", no_argument, NULL, OPT_FAKE_MODEL},
@@ -68,12 +71,15 @@ static const char score_options_help[] =
     "                           checkpoint); a `rubric merge` folder's rubric_config.yml gives\n"
     "                           the prompt format and score range unless --config is given\n"
     "      --adapter CKPT.h5    rubric checkpoint; its stored config gives the prompt format,\n"
-    "                           score range and base model unless set here\n"
+    "                           score range and base model unless set here (--config\n"
+    "                           replaces it; --set KEY=VALUE overrides one of its keys)\n"
     "      --input FILE         rows to score (JSONL)\n"
     "      --output FILE        predictions (JSONL)\n"
     "      --metrics FILE       metrics JSON (default: OUTPUT's name with .metrics.json)\n"
     "      --resume             continue an interrupted run of the same command\n"
-    "      --num-scores K       scores per row (default: counted in the first row's output)\n"
+    "      --num-scores K       scores per row (default: as rubric prep decides it, the\n"
+    "                           most common count among the rows' in-range score outputs;\n"
+    "                           of a tie, the smaller)\n"
     "      --baseline-from FILE reference rows for the majority baseline (default: the input)\n"
     "      --metrics-only       only compute the metrics of an existing OUTPUT\n"
     "      --tokenizer DIR      folder with tokenizer.json (default: the model's)\n"
@@ -81,6 +87,11 @@ static const char score_options_help[] =
     "      --chunk-rows N       rows per chunk handed to a worker (default 64)\n"
     "      --window-chunks N    chunks the coordinator may hold for reordering (default 4 per\n"
     "                           worker, at least 16)\n"
+    "      --worker-timeout S   under mpirun, the base of rank 0's wait for a worker holding\n"
+    "                           a chunk, seconds (default 300): past S + 5 x the slowest\n"
+    "                           chunk so far (a worker's first chunk, and the model load: at\n"
+    "                           least 30 min) the job ends, naming the rank and the chunk\n"
+    "                           (exit 1); --resume continues it\n"
     "      --no-prefix-cache    prefill every row whole (for comparisons)\n"
     "      --full-logits        every pass over the whole vocabulary, also for rows already\n"
     "                           off the grammar (for comparisons: a model that stays in it)\n"
@@ -131,6 +142,15 @@ static int score_on_option(int opt, const char *arg, void *ctx)
     case OPT_METRICS_ONLY: sc->metrics_only = 1; return 0;
     case OPT_FAKE_MODEL: o->fake_model = 1; return 0;
     case OPT_FAKE_DELAY: return parse_int(arg, "fake-delay-us", 0, &o->fake_delay_us);
+    case OPT_WORKER_TIMEOUT: {
+        char *end;
+        o->worker_timeout_s = strtod(arg, &end);
+        if (*arg == '\0' || *end != '\0' || !(o->worker_timeout_s > 0) ||
+            o->worker_timeout_s > 1e7)
+            return err_set(RB_EXIT_INPUT, "--worker-timeout: '%s' is not a positive number of "
+                           "seconds", arg);
+        return 0;
+    }
     default: return err_set(RB_EXIT_INPUT, "unknown option");
     }
 }
@@ -201,9 +221,19 @@ static int resolve_adapter_base(const char *ckpt, rubric_config *ac, const char 
                    "--model DIR (the base model folder)", ckpt, ac->base_model);
 }
 
+/* The command line's --set assignments on top of a stored config (a checkpoint's, a merged
+ * model's): what the user set here wins, as over --config. */
+static int apply_sets(const cli_common *cli, rubric_config *stored, const char *label)
+{
+    int rc = 0;
+    for (int i = 0; !rc && i < cli->n_sets; i++)
+        rc = config_set(stored, cli->sets[i]);
+    return rc ? err_prefix(rc, "%s", label) : 0;
+}
+
 /* A merged model folder (`rubric merge`) keeps its training config in rubric_config.yml:
  * without --config and --adapter it gives the prompt format and score range. */
-static int merged_model_config(score_options *o)
+static int merged_model_config(score_options *o, const cli_common *cli)
 {
     char *path = xasprintf("%s/rubric_config.yml", o->model_dir);
     if (!path_exists(path)) {
@@ -212,6 +242,8 @@ static int merged_model_config(score_options *o)
     }
     rubric_config mcfg;
     int rc = config_load(&mcfg, path, 0);
+    if (!rc)
+        rc = apply_sets(cli, &mcfg, path);
     if (!rc) {
         const char *model_dir = o->model_dir, *tok = o->tokenizer_dir;
         rc = score_options_from_config(o, &mcfg);
@@ -230,8 +262,9 @@ static int merged_model_config(score_options *o)
     return rc;
 }
 
-/* What the command line did not set comes from the config, then from the adapter's config. */
-static int resolve_options(score_cli *sc, rubric_config *cfg)
+/* What the command line did not set comes from the config (with --set), else from the
+ * adapter's stored config with the --set keys applied on top. */
+static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *cfg)
 {
     score_options *o = &sc->o;
     score_options cl = *o;
@@ -248,6 +281,8 @@ static int resolve_options(score_cli *sc, rubric_config *cfg)
     if (!rc && o->adapter && !o->fake_model) {
         rubric_config ac;
         rc = scorer_adapter_config(o->adapter, &ac);
+        if (!rc && !cfg->config_path)
+            rc = apply_sets(cli, &ac, o->adapter);
         if (!rc && !cfg->config_path) {
             /* no --config: the checkpoint's training config decides format and range */
             const char *model_dir = o->model_dir;
@@ -266,7 +301,7 @@ static int resolve_options(score_cli *sc, rubric_config *cfg)
         config_free(&ac);
     }
     if (!rc && cl.model_dir && !o->adapter && !cfg->config_path && !o->fake_model)
-        rc = merged_model_config(o);
+        rc = merged_model_config(o, cli);
     if (rc)
         return rc;
     if (cl.model_dir)
@@ -284,7 +319,10 @@ static void on_stop_signal(int sig)
 {
     static const char msg[] = "\nrubric score: interrupted; the rows written so far are kept: "
                               "run the same command with --resume to continue\n";
-    ssize_t unused = write(STDERR_FILENO, msg, sizeof msg - 1);
+    static const char early[] = "\nrubric score: interrupted before the output was opened; "
+                                "nothing was written\n";
+    ssize_t unused = score_output_open ? write(STDERR_FILENO, msg, sizeof msg - 1)
+                                       : write(STDERR_FILENO, early, sizeof early - 1);
     (void)unused;
     signal(sig, SIG_DFL);
     raise(sig);
@@ -294,7 +332,11 @@ static int run_metrics_only(const score_options *o)
 {
     if (!o->input || !o->output)
         return err_set(RB_EXIT_INPUT, "--metrics-only needs --input and --output");
-    int rc = score_check_metrics_path(o);
+    int rc = jsonl_check_input(o->input, "--input");
+    if (!rc)
+        rc = score_check_baseline_path(o);
+    if (!rc)
+        rc = score_check_metrics_path(o);
     if (rc)
         return rc;
     char *path = o->metrics_path ? xstrdup(o->metrics_path)
@@ -330,7 +372,7 @@ int cmd_score(int argc, char **argv)
         return rc;
 
     world w;
-    rc = resolve_options(&sc, &cfg);
+    rc = resolve_options(&sc, &cli, &cfg);
     if (!rc)
         rc = world_init(&w, &argc, &argv);
     if (!rc) {

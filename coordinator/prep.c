@@ -644,24 +644,32 @@ static int read_file_rows(prep_ctx *c, const char *path, int file_index)
 /* A score dataset is one where more than half of the kept rows' outputs are integers separated
  * by single spaces; its number of scores per row is the most common count among in-range rows.
  * Rows that are not scores, are out of range, or have another count are then rejected. */
+int prep_score_count_mode(const int64_t *counts)
+{
+    int mode = 0;
+    for (int k = 1; k <= PREP_MAX_SCORE_COUNT; k++)
+        if (counts[k] > (mode ? counts[mode] : 0))
+            mode = k;
+    return mode;
+}
+
 static int decide_scores(prep_ctx *c)
 {
     builder *b = &c->b;
-    int64_t shaped = 0, counts[65] = {0};
+    int64_t shaped = 0, counts[PREP_MAX_SCORE_COUNT + 1] = {0};
     for (int64_t i = 0; i < b->n; i++) {
         shaped += b->score_kind[i] != SCORE_NOT;
         if (b->score_kind[i] == SCORE_OK)
-            counts[RB_MIN(b->n_scores[i], 64)]++;
+            counts[RB_MIN(b->n_scores[i], PREP_MAX_SCORE_COUNT)]++;
     }
     if (b->n == 0 || 2 * shaped <= b->n) {
         c->st->score_dataset = 0;
         c->st->n_scores = 0;
         return 0;
     }
-    int mode = 1;
-    for (int k = 1; k <= 64; k++)
-        if (counts[k] > counts[mode])
-            mode = k;
+    int mode = prep_score_count_mode(counts);
+    if (mode == 0)
+        mode = 1; /* every shaped row is out of range: all are rejected as such */
     c->st->score_dataset = 1;
     c->st->n_scores = mode;
 

@@ -41,6 +41,14 @@ enum prep_reason {
 
 const char *prep_reason_name(int reason);
 
+/* Score counts above this are counted together (as this many) when picking the mode. */
+#define PREP_MAX_SCORE_COUNT 64
+
+/* The number of scores per row of a score dataset, from counts[c] = rows whose output is c
+ * in-range scores (c = 1..PREP_MAX_SCORE_COUNT): the most common count; of a tie, the
+ * smallest; 0 when no row counts. `rubric score` infers K from its input with the same rule. */
+int prep_score_count_mode(const int64_t *counts);
+
 typedef struct {
     int64_t rows_read;                  /* physical lines of all files */
     int64_t rejected[PREP_N_REASONS];   /* by reason (index 0 unused) */

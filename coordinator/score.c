@@ -18,11 +18,12 @@
 #include "jsonl.h"
 #include "log.h"
 #include "metrics.h"
+#include "prep.h"
 #include "scorer.h"
 #include "util.h"
 
 /* MPI tags of the scoring protocol (MPI_COMM_WORLD). */
-enum { TAG_CHUNK = 0x5c01, TAG_RESULT = 0x5c02, TAG_STOP = 0x5c03 };
+enum { TAG_CHUNK = 0x5c01, TAG_RESULT = 0x5c02, TAG_STOP = 0x5c03, TAG_READY = 0x5c04 };
 
 /* A chunk message: chunk_header, uint32_t lens[n_rows], then the lines' bytes. */
 typedef struct {
@@ -67,8 +68,6 @@ static void mpi_ok(int rc, const char *what)
         rb_die_err(comm_check_mpi(rc, what, MPI_COMM_WORLD));
 }
 
-#define K_SCAN_ROWS 10000
-
 void score_options_defaults(score_options *o)
 {
     memset(o, 0, sizeof *o);
@@ -79,6 +78,22 @@ void score_options_defaults(score_options *o)
     o->prefix_cache = 1;
     o->style = PROMPT_STYLE_QWEN3;
     o->backend = "auto";
+    o->worker_timeout_s = SCORE_WORKER_TIMEOUT_S;
+}
+
+volatile sig_atomic_t score_output_open = 0;
+
+double score_chunk_timeout(double worker_timeout_s, int first, double slowest_chunk_s)
+{
+    if (first || slowest_chunk_s <= 0)
+        return RB_MAX(worker_timeout_s, SCORE_FIRST_CHUNK_TIMEOUT_S);
+    return worker_timeout_s + 5.0 * slowest_chunk_s;
+}
+
+static void sleep_briefly(void)
+{
+    struct timespec ts = {0, 1000000}; /* 1 ms */
+    nanosleep(&ts, NULL);
 }
 
 int score_options_from_config(score_options *o, const rubric_config *cfg)
@@ -327,7 +342,13 @@ static void put_output_line(byte_buf *out, int64_t row, const scorer_result *r,
         json_object_set_new(o, "scores", json_null());
         json_object_set_new(o, "text", json_null());
         json_object_set_new(o, "status", json_string("bad_row"));
-        json_object_set_new(o, "error", json_string(r ? r->error : error));
+        if (r) { /* the scorer's reason (a prompt too long, bad UTF-8) gets the line too */
+            char *why = xasprintf("line %lld: %s", (long long)row + 1, r->error);
+            json_object_set_new(o, "error", json_string(why));
+            free(why);
+        } else {
+            json_object_set_new(o, "error", json_string(error));
+        }
         h->n_bad++;
     }
     char *line = json_dumps(o, JSON_ENSURE_ASCII);
@@ -431,6 +452,7 @@ typedef struct {
     int64_t n_ok, n_off_grammar, n_bad;
     progress prog;
     double t_start;
+    double slowest_chunk_s;  /* the longest a worker took for a chunk (MPI) */
 } score_coord;
 
 /* The journal's first line: what the partial output was made from. */
@@ -690,6 +712,8 @@ static int coord_open(score_coord *c, const score_options *o, int k, int n_worke
         rc = coord_start_fresh(c, header);
     }
     free(header);
+    if (!rc)
+        score_output_open = 1;
     c->t_start = now_seconds();
     progress_start(&c->prog, "scoring", 0, "rows");
     progress_update(&c->prog, c->rows_written);
@@ -845,6 +869,9 @@ typedef struct {
     byte_buf msg;
     MPI_Request req;
     int busy;
+    double since;            /* when its chunk was handed out */
+    int64_t n_results;       /* chunks it sent back */
+    chunk_header held;       /* the chunk it holds (when busy) */
 } worker_slot;
 
 /* Hand worker w the next chunk, if the input and the window allow. */
@@ -862,7 +889,40 @@ static int coord_issue(score_coord *c, worker_slot *ws, int w)
     mpi_ok(MPI_Isend(ws->msg.data, (int)ws->msg.len, MPI_BYTE, w, TAG_CHUNK, MPI_COMM_WORLD,
                      &ws->req), "sending a chunk");
     ws->busy = 1;
+    ws->since = now_seconds();
+    memcpy(&ws->held, ws->msg.data, sizeof ws->held);
     return 0;
+}
+
+/* Wait for the next result from any worker; a worker that holds a chunk past its deadline
+ * (score_chunk_timeout) ends the job, naming it and the chunk. */
+static void coord_wait_result(const score_coord *c, const worker_slot *ws, int world,
+                              MPI_Status *st)
+{
+    for (;;) {
+        int flag = 0;
+        mpi_ok(MPI_Iprobe(MPI_ANY_SOURCE, TAG_RESULT, MPI_COMM_WORLD, &flag, st),
+               "waiting for a worker's results");
+        if (flag)
+            return;
+        double now = now_seconds();
+        for (int w = 1; w < world; w++) {
+            double limit = score_chunk_timeout(c->o->worker_timeout_s, ws[w].n_results == 0,
+                                               c->slowest_chunk_s);
+            if (!ws[w].busy || now - ws[w].since <= limit)
+                continue;
+            const chunk_header *h = &ws[w].held;
+            rb_die(RB_EXIT_RUNTIME, "rank %d has sent nothing for %.0f s while holding chunk "
+                   "%lld (rows %lld..%lld of %s), past its limit of %.0f s (--worker-timeout "
+                   "%.0f + 5 x the slowest chunk so far, %.1f s; a worker's first chunk: at "
+                   "least %.0f s): it died or hangs (see its log); stopping the job. The rows "
+                   "written so far are kept: run the same command with --resume to continue",
+                   w, now - ws[w].since, (long long)h->chunk_id, (long long)h->first_row,
+                   (long long)(h->first_row + h->n_rows - 1), c->o->input, limit,
+                   c->o->worker_timeout_s, c->slowest_chunk_s, SCORE_FIRST_CHUNK_TIMEOUT_S);
+        }
+        sleep_briefly();
+    }
 }
 
 /* Under MPI: chunks to whichever worker is free, results back in any order. */
@@ -879,8 +939,10 @@ static int coord_run_mpi(score_coord *c, int world)
     }
     while (!rc && busy > 0) {
         MPI_Status st;
-        mpi_ok(MPI_Probe(MPI_ANY_SOURCE, TAG_RESULT, MPI_COMM_WORLD, &st),
-               "waiting for a worker's results");
+        coord_wait_result(c, ws, world, &st);
+        worker_slot *from = &ws[st.MPI_SOURCE];
+        c->slowest_chunk_s = RB_MAX(c->slowest_chunk_s, now_seconds() - from->since);
+        from->n_results++;
         int count;
         MPI_Get_count(&st, MPI_BYTE, &count);
         buf_reserve(&res, (size_t)count);
@@ -919,49 +981,82 @@ static void stop_workers(int world)
 /* Setup and the metrics pass.                                                               */
 /* ======================================================================================== */
 
-/* K from the first row of path with an "output" (within K_SCAN_ROWS rows). */
-static int infer_k_from(const char *path, int *k)
+/* The number of scores of an "output" as prep counts it: integers separated by single spaces
+ * (^[0-9]+( [0-9]+)*$); 0 when it is not that shape. *in_range: all within lo..hi. */
+static int answer_count(const char *s, int lo, int hi, int *in_range)
+{
+    int count = 0;
+    *in_range = 1;
+    for (const char *p = s; p && *p;) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        long v = 0;
+        for (; *p >= '0' && *p <= '9'; p++)
+            v = v > 1000 ? v : v * 10 + (*p - '0');
+        *in_range &= v >= lo && v <= hi;
+        count++;
+        if (*p == ' ' && p[1] >= '0' && p[1] <= '9')
+            p++;
+        else if (*p)
+            return 0;
+    }
+    return count;
+}
+
+/* K of a file as prep decides it (prep_score_count_mode): the most common count of scores
+ * among the rows whose "output" is integers separated by single spaces, all in the score
+ * range; of a tie, the smallest. Every row is read (prep reads them all too). */
+static int infer_k_from(const char *path, int lo, int hi, int *k)
 {
     jsonl_reader r;
     int rc = jsonl_open(&r, path);
     if (rc)
         return rc;
-    *k = 0;
-    int64_t nonblank = 0;
-    for (int i = 0; i < K_SCAN_ROWS && !*k && jsonl_next(&r) > 0; i++) {
+    int64_t counts[PREP_MAX_SCORE_COUNT + 1] = {0};
+    int64_t nonblank = 0, labelled = 0, out_of_range = 0, first_out = 0;
+    int got;
+    while ((got = jsonl_next(&r)) > 0) {
         json_t *obj = NULL;
         nonblank += r.len > strspn(r.line, " \t\r\n");
         if (jsonl_parse(r.line, r.len, &obj, NULL, 0) != JSONL_OK)
             continue;
         const char *out = json_string_value(json_object_get(obj, "output"));
-        for (const char *p = out; p && *p;) {
-            while (*p == ' ' || *p == '\t' || *p == '\n')
-                p++;
-            if (*p)
-                (*k)++;
-            while (*p && *p != ' ' && *p != '\t' && *p != '\n')
-                p++;
-        }
+        int in_range, n = out ? answer_count(out, lo, hi, &in_range) : 0;
+        labelled += out != NULL;
+        if (n > 0 && in_range)
+            counts[RB_MIN(n, PREP_MAX_SCORE_COUNT)]++;
+        else if (n > 0 && out_of_range++ == 0)
+            first_out = r.lineno;
         json_decref(obj);
     }
     jsonl_close(&r);
+    if (got < 0)
+        return RB_EXIT_RUNTIME;
+    *k = prep_score_count_mode(counts);
     if (*k == 0 && nonblank == 0)
         return err_set(RB_EXIT_INPUT, "%s has no rows (it is empty or only blank lines)", path);
+    if (*k == 0 && out_of_range > 0)
+        return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: no row's "
+                       "\"output\" is scores within %d..%d (%lld rows have scores outside it, "
+                       "the first at line %lld); set score_min/score_max (e.g. --set "
+                       "score_max=9) or give --num-scores K", path, lo, hi,
+                       (long long)out_of_range, (long long)first_out);
     if (*k == 0)
-        return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: none of "
-                       "the first %d rows has an \"output\"; give --num-scores K", path,
-                       K_SCAN_ROWS);
+        return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: %s; give "
+                       "--num-scores K", path, labelled ? "no row's \"output\" is integer "
+                       "scores separated by single spaces" : "no row has an \"output\"");
     if (*k > GRAMMAR_MAX_K)
-        return err_set(RB_EXIT_INPUT, "%s: line %lld: \"output\" has %d scores; at most %d "
-                       "are supported", path, (long long)r.lineno, *k, GRAMMAR_MAX_K);
+        return err_set(RB_EXIT_INPUT, "%s: most rows' \"output\" has %d scores; at most %d are "
+                       "supported", path, *k, GRAMMAR_MAX_K);
     return 0;
 }
 
 /* K from the input, else (an unlabelled input) from the baseline's reference set. */
 static int infer_k(const score_options *o, int *k)
 {
-    int rc = infer_k_from(o->input, k);
-    if (rc && o->baseline_from && infer_k_from(o->baseline_from, k) == 0)
+    int rc = infer_k_from(o->input, o->score_min, o->score_max, k);
+    if (rc && o->baseline_from &&
+        infer_k_from(o->baseline_from, o->score_min, o->score_max, k) == 0)
         return 0;
     return rc;
 }
@@ -976,6 +1071,8 @@ static int check_writable(const char *path, const char *what)
     char *dir = xstrdup(path);
     const char *d = dirname(dir);
     int rc = mkdir_p(d);
+    if (rc) /* a folder the user named that cannot be made: bad input, not a runtime fault */
+        rc = err_prefix(RB_EXIT_INPUT, "%s %s", what, path);
     if (!rc && access(d, W_OK) != 0)
         rc = err_set(RB_EXIT_INPUT, "%s %s: cannot write in %s: %s", what, path, d,
                      strerror(errno));
@@ -1021,6 +1118,11 @@ int score_check_metrics_path(const score_options *o)
     return rc;
 }
 
+int score_check_baseline_path(const score_options *o)
+{
+    return o->baseline_from ? jsonl_check_input(o->baseline_from, "--baseline-from") : 0;
+}
+
 static int check_paths(const score_options *o)
 {
     if (!o->output[0])
@@ -1028,6 +1130,8 @@ static int check_paths(const score_options *o)
     if (o->metrics_path && !o->metrics_path[0])
         return err_set(RB_EXIT_INPUT, "--metrics is empty: give a file name");
     int rc = jsonl_check_input(o->input, "--input");
+    if (!rc)
+        rc = score_check_baseline_path(o);
     if (rc)
         return rc;
     if (path_is_dir(o->output))
@@ -1383,6 +1487,52 @@ metrics:;
     return rc;
 }
 
+/* Under MPI, after the workers tried to load the model: each tells rank 0 how it went (its
+ * exit code; a failing worker logs its own error), rank 0 tells everyone the first failure.
+ * Returns 0 when every worker is ready, else that exit code on every rank. A worker that
+ * does not answer within score_chunk_timeout(.., 1, ..) ends the job, named. */
+static int agree_loaded(const score_options *o, int rank, int world, int rc)
+{
+    int verdict[2] = {0, 0}; /* exit code, rank */
+    if (rank > 0) {
+        if (rc)
+            log_error("%s", err_msg());
+        mpi_ok(MPI_Send(&rc, 1, MPI_INT, 0, TAG_READY, MPI_COMM_WORLD), "telling rank 0 "
+               "the model is loaded");
+        mpi_ok(MPI_Bcast(verdict, 2, MPI_INT, 0, MPI_COMM_WORLD), "hearing from rank 0");
+        return verdict[0];
+    }
+    int *codes = xcalloc((size_t)world, sizeof *codes);
+    MPI_Request *req = xcalloc((size_t)world, sizeof *req);
+    for (int w = 1; w < world; w++)
+        mpi_ok(MPI_Irecv(&codes[w], 1, MPI_INT, w, TAG_READY, MPI_COMM_WORLD, &req[w]),
+               "waiting for the workers to load the model");
+    double t0 = now_seconds(), limit = score_chunk_timeout(o->worker_timeout_s, 1, 0);
+    for (int w = 1; w < world;) {
+        int flag = 0;
+        mpi_ok(MPI_Test(&req[w], &flag, MPI_STATUS_IGNORE),
+               "waiting for the workers to load the model");
+        if (flag) {
+            w++;
+            continue;
+        }
+        if (now_seconds() - t0 > limit)
+            rb_die(RB_EXIT_RUNTIME, "rank %d has not loaded the model after %.0f s: it died or "
+                   "hangs (see its log); stopping the job (nothing was scored)", w, limit);
+        sleep_briefly();
+    }
+    for (int w = 1; w < world && !verdict[0]; w++)
+        if (codes[w])
+            verdict[0] = codes[w], verdict[1] = w;
+    free(codes);
+    free(req);
+    mpi_ok(MPI_Bcast(verdict, 2, MPI_INT, 0, MPI_COMM_WORLD), "telling the workers to start");
+    if (verdict[0])
+        return err_set(verdict[0], "rank %d could not load the model (its error is above); "
+                       "nothing was scored", verdict[1]);
+    return 0;
+}
+
 int score_run(const score_options *o)
 {
     int rank, world;
@@ -1403,13 +1553,22 @@ int score_run(const score_options *o)
                  RB_MAX(world - 1, 1), world > 2 ? "s" : "", o->chunk_rows,
                  o->fake_model ? " (fake model)" : "");
 
-    /* the workers (or the single process) load the model */
+    /* the workers (or the single process) load the model; rank 0 opens the output only once
+     * they all have, so a model that does not load leaves nothing behind */
     score_worker w;
     int rc = 0;
     if (rank > 0 || world == 1) {
         rc = worker_open(&w, o, k);
-        if (rc)
+        if (rc && world == 1)
             rb_die_err(rc);
+    }
+    if (world > 1) {
+        rc = agree_loaded(o, rank, world, rc);
+        if (rc) {
+            if (rank > 0)
+                worker_close(&w);
+            return rc;
+        }
     }
     if (rank > 0)
         rc = worker_loop(&w);

@@ -26,6 +26,7 @@
 #ifndef RUBRIC_SCORE_H
 #define RUBRIC_SCORE_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -41,7 +42,7 @@ typedef struct {
     const char *baseline_from;  /* reference set for the majority baseline (NULL: the input) */
     const char *backend;        /* "cpu", "cuda", "auto" */
     int resume;
-    int k;                      /* scores per row; 0: from the first row with an "output" */
+    int k;                      /* scores per row; 0: inferred from the input as prep does */
     int score_min, score_max;
     int chunk_rows;             /* rows per chunk handed to a worker (default 64) */
     int batch_rows;             /* rows decoded together on a worker (score_batch_size) */
@@ -52,6 +53,8 @@ typedef struct {
     enum prompt_style style;
     const char *eos_token;
     double gpu_hour_cost;       /* > 0: log the cost per million rows */
+    double worker_timeout_s;    /* base of rank 0's wait for a worker holding a chunk
+                                 * (default SCORE_WORKER_TIMEOUT_S; see score_chunk_timeout) */
     void *model;                /* workers: a loaded `model *` to score with instead of
                                  * loading model_dir/adapter (rubric train's score_after_train
                                  * passes its trained model); the tokenizer still comes from
@@ -60,6 +63,24 @@ typedef struct {
     int fake_model;
     int fake_delay_us;          /* per row, to make the fake model slow */
 } score_options;
+
+/*
+ * A worker that hangs must not hang the job. Rank 0 waits for a worker holding a chunk at most
+ * worker_timeout_s + 5 x the slowest chunk so far (any worker's); for a worker's first chunk,
+ * and for the workers to load the model, at least SCORE_FIRST_CHUNK_TIMEOUT_S (a real model
+ * on CPUs can take minutes for both). Past that, rank 0 names the rank and the chunk and ends
+ * the job with MPI_Abort (exit 1); the journal keeps what was written, for --resume.
+ */
+#define SCORE_WORKER_TIMEOUT_S 300.0
+#define SCORE_FIRST_CHUNK_TIMEOUT_S 1800.0
+
+/* The wait for a chunk: first is 1 for a worker's first chunk (or the model load),
+ * slowest_chunk_s the slowest chunk measured so far (0: none yet). */
+double score_chunk_timeout(double worker_timeout_s, int first, double slowest_chunk_s);
+
+/* Set once rank 0 has opened the output (rows may be kept for --resume); before that a stop
+ * leaves nothing to resume. Read by the signal handler of cmd_score. */
+extern volatile sig_atomic_t score_output_open;
 
 /* Defaults, then the scoring keys of a resolved config (score range, batch size, prompt style,
  * tokenizer, gpu_hour_cost). */
@@ -91,6 +112,9 @@ char *score_default_metrics_path(const char *output);
 /* The metrics file (--metrics, or the default beside --output) is neither the input, the
  * output, one of its side files, nor a directory. Returns 0 or RB_EXIT_INPUT. */
 int score_check_metrics_path(const score_options *o);
+/* --baseline-from, when given, is a readable regular file (the checks of --input). Returns 0
+ * or RB_EXIT_INPUT. */
+int score_check_baseline_path(const score_options *o);
 /* --adapter names a file (a folder gets a clear error: a PEFT folder says how to use it).
  * Returns 0 or RB_EXIT_INPUT. */
 int score_check_adapter_path(const char *adapter);

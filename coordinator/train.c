@@ -733,6 +733,8 @@ static int score_one(trainer *t, const char *input, const char *output)
     o.input = input;
     o.output = output;
     o.baseline_from = t->cfg->n_datasets > 0 ? t->cfg->datasets[0].path : NULL;
+    if (t->ds && t->ds->n_scores > 0)
+        o.k = t->ds->n_scores; /* the model was trained to answer that many (rank 0 decides) */
     o.model = t->w->is_worker ? t->wk.m : NULL;
     return score_run(&o);
 }

@@ -4,8 +4,11 @@
 
 #include "test_score_util.h"
 
+#include "config.h"
 #include "metrics.h"
+#include "prep.h"
 #include "score.h"
+#include "tokenizer.h"
 #include "util.h"
 
 Test(score, parse_answer)
@@ -621,5 +624,247 @@ Test(score, sigterm_says_how_to_resume, .timeout = 120)
     cr_assert(access(journal, F_OK) == 0);
     cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 0, "see %s", log);
     cr_assert(access(out, F_OK) == 0 && access(journal, F_OK) != 0);
+    st_rm_rf(dir);
+}
+
+/* The rank mpirun gave a process (OMPI_COMM_WORLD_RANK in its environment), or -1. */
+static int rank_of(pid_t pid)
+{
+    char path[64], env[1 << 16];
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
+    FILE *f = fopen(path, "rb"); /* a /proc file has no size: read what comes */
+    if (!f)
+        return -1;
+    size_t n = fread(env, 1, sizeof env - 1, f);
+    fclose(f);
+    env[n] = '\0';
+    int rank = -1;
+    for (size_t at = 0; at < n; at += strlen(env + at) + 1)
+        if (strncmp(env + at, "OMPI_COMM_WORLD_RANK=", 21) == 0)
+            rank = atoi(env + at + 21);
+    return rank;
+}
+
+/* The pid of rank `rank` among the children of mpirun `launcher` (waits for it to start). */
+static pid_t find_rank(pid_t launcher, int rank)
+{
+    for (int tries = 0; tries < 200; tries++) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        pid_t found = -1;
+        while (d && (e = readdir(d)) != NULL && found < 0) {
+            pid_t pid = (pid_t)atoi(e->d_name);
+            if (pid > 0 && st_ppid(pid) == launcher && rank_of(pid) == rank)
+                found = pid;
+        }
+        if (d)
+            closedir(d);
+        if (found > 0)
+            return found;
+        usleep(50000);
+    }
+    cr_assert_fail("no rank %d under mpirun %d", rank, (int)launcher);
+    return -1;
+}
+
+/* Wait for pid at most `seconds`: its exit code (128+signal), or -1 when it is still running. */
+static int wait_at_most(pid_t pid, double seconds)
+{
+    for (int tries = 0; tries < (int)(seconds * 20); tries++) {
+        int status;
+        pid_t got = waitpid(pid, &status, WNOHANG);
+        cr_assert(got >= 0);
+        if (got == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        usleep(50000);
+    }
+    return -1;
+}
+
+/* A worker that hangs (SIGSTOP) mid-run: rank 0 ends the job within --worker-timeout + 5 x
+ * the slowest chunk, naming the rank and its chunk; --resume then completes the output, equal
+ * to an uninterrupted run's. */
+Test(score, hung_worker_ends_the_job_and_resume_completes, .timeout = 120)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *ref = st_path(dir, "ref.jsonl"), *out = st_path(dir, "out.jsonl");
+    char *journal = st_path(dir, "out.jsonl.journal");
+    st_write_rows(in, 3000, 3, 0);
+    cr_assert_eq(run_score(0, in, ref, log, 0, 0, NULL), 0, "see %s", log);
+
+    char *argv[] = {"mpirun", "-np", "3", "--oversubscribe", (char *)st_bin(), "score",
+                    "--fake-model", "--input", in, "--output", out, "--chunk-rows", "16",
+                    "--fake-delay-us", "3000", "--worker-timeout", "2", NULL};
+    pid_t pid = st_start(argv, log);
+    /* every worker has sent chunks back (the window is written in order) */
+    st_wait_for_text(journal, "commit ", 4, 60);
+    pid_t worker = find_rank(pid, 2);
+    cr_assert_eq(kill(worker, SIGSTOP), 0);
+    double t0 = now_seconds();
+    int rc = wait_at_most(pid, 30);
+    if (rc < 0) {
+        st_kill_tree(pid);
+        st_wait(pid, NULL);
+        cr_assert_fail("the job did not end within 30 s of a worker hanging; see %s", log);
+    }
+    double took = now_seconds() - t0;
+    cr_assert_neq(rc, 0, "see %s", log);
+    cr_assert(took < 20, "the job took %.1f s to end", took);
+    cr_assert(log_has(log, "rank 2 has sent nothing for"), "see %s", log);
+    cr_assert(log_has(log, "while holding chunk"), "see %s", log);
+    cr_assert(log_has(log, "--resume to continue"), "see %s", log);
+    kill(worker, SIGKILL); /* in case the launcher left it stopped */
+    cr_assert(access(journal, F_OK) == 0, "no journal to resume from");
+
+    cr_assert_eq(run_score(3, in, out, log, 1, 0, NULL), 0, "see %s", log);
+    cr_assert(log_has(log, "resuming"), "see %s", log);
+    cr_assert(st_same_file(ref, out), "the resumed output differs from an uninterrupted run");
+    st_rm_rf(dir);
+}
+
+/* --worker-timeout takes a positive number of seconds; the deadline grows with slow chunks
+ * and is long before a worker's first chunk (the model load). */
+Test(score, worker_timeout_rule)
+{
+    cr_assert_eq(score_chunk_timeout(300, 0, 10), 350);
+    cr_assert_eq(score_chunk_timeout(2, 0, 0.1), 2.5);
+    cr_assert_eq(score_chunk_timeout(2, 1, 0.1), SCORE_FIRST_CHUNK_TIMEOUT_S);
+    cr_assert_eq(score_chunk_timeout(2, 0, 0), SCORE_FIRST_CHUNK_TIMEOUT_S);
+    cr_assert_eq(score_chunk_timeout(4000, 1, 0), 4000);
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    const char *bad[] = {"0", "-1", "x", "", "2s"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output",
+                        out, "--worker-timeout", (char *)bad[i], NULL};
+        cr_assert_eq(st_run(argv, log, NULL), 2, "'%s': see %s", bad[i], log);
+    }
+    cr_assert(log_has(log, "--worker-timeout"), "see %s", log);
+    assert_nothing_written(out);
+    st_rm_rf(dir);
+}
+
+/* --baseline-from is checked like --input before anything runs: missing, a folder. */
+Test(score, baseline_from_is_checked_up_front)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl"), *missing = st_path(dir, "missing.jsonl");
+    st_write_rows(in, 3000, 3, 0);
+    const char *refs[] = {missing, dir};
+    for (int i = 0; i < 2; i++) {
+        /* slow rows: a check at the end would take 9 s, and write the output */
+        char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output",
+                        out, "--fake-delay-us", "3000", "--baseline-from", (char *)refs[i],
+                        NULL};
+        double t0 = now_seconds();
+        cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+        cr_assert(now_seconds() - t0 < 5, "the check came after the scoring");
+        cr_assert(access(out, F_OK) != 0, "the rows were scored; see %s", log);
+        assert_nothing_written(out);
+    }
+    cr_assert(log_has(log, "check --baseline-from"), "see %s", log);
+    cr_assert(log_has(log, "is a directory (--baseline-from"), "see %s", log);
+    cr_assert(!log_has(log, "scoring "), "the run started; see %s", log);
+
+    /* the same in --metrics-only */
+    char *a[] = {(char *)st_bin(), "score", "--metrics-only", "--input", in, "--output", out,
+                 "--baseline-from", missing, NULL};
+    cr_assert_eq(st_run(a, log, NULL), 2, "see %s", log);
+    st_rm_rf(dir);
+}
+
+/* A missing output folder that cannot be made (under a file, which stops root too) is the
+ * user's path: exit 2 before any work, like an unwritable folder. */
+Test(score, output_folder_that_cannot_be_made_is_bad_input)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *file = st_path(dir, "file"), *out = st_path(dir, "file/sub/x.jsonl");
+    char *mout = st_path(dir, "p.jsonl"), *metrics = st_path(dir, "file/sub/m.json");
+    st_write_rows(in, 20, 3, 0);
+    write_text(file, "a file, not a folder\n");
+    cr_assert_eq(run_score(0, in, out, log, 0, 0, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "--output"), "see %s", log);
+    cr_assert(log_has(log, "cannot create folder"), "see %s", log);
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", mout,
+                    "--metrics", metrics, NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+    cr_assert(log_has(log, "--metrics"), "see %s", log);
+    assert_nothing_written(mout);
+    st_rm_rf(dir);
+}
+
+/* K as `rubric prep` decides it for the file: its prepared dataset's scores per row. */
+static int prep_k(const char *dir, const char *path)
+{
+    tokenizer *tk;
+    cr_assert_eq(tokenizer_load(&tk, "share/qwen3-tokenizer"), 0, "%s", err_msg());
+    rubric_config cfg;
+    config_defaults(&cfg);
+    cfg.n_datasets = 1;
+    cfg.datasets = xcalloc(1, sizeof *cfg.datasets);
+    cfg.datasets[0].path = xstrdup(path);
+    cfg.datasets[0].type = xstrdup("alpaca");
+    free(cfg.dataset_prepared_path);
+    cfg.dataset_prepared_path = xasprintf("%s/prepared", dir);
+    cfg.val_set_size = 0;
+    char *cache = NULL;
+    prep_stats st;
+    cr_assert_eq(prep_run(&cfg, tk, &cache, &st), 0, "%s", err_msg());
+    cr_assert(st.score_dataset);
+    free(cache);
+    config_free(&cfg);
+    tokenizer_free(tk);
+    return st.n_scores;
+}
+
+/* K as `rubric score` infers it (from its start line), checked against its output rows. */
+static int score_k(const char *in, const char *out, const char *log)
+{
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", (char *)in,
+                    "--output", (char *)out, NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+    char *text = st_read(log, NULL);
+    const char *at = strstr(text, " scores per row in ");
+    cr_assert(at, "see %s", log);
+    while (at > text && at[-1] >= '0' && at[-1] <= '9')
+        at--;
+    int k = atoi(at);
+    free(text);
+    text = st_read(out, NULL);
+    *strchr(text, '\n') = '\0';
+    json_t *row0 = line_json(text);
+    cr_assert_eq((int)json_array_size(json_object_get(row0, "scores")), k);
+    json_decref(row0);
+    free(text);
+    unlink(log);
+    return k;
+}
+
+/* With no --num-scores, score takes K by prep's rule (the most common count among in-range
+ * score outputs; of a tie, the smallest), not from the first labelled row: both agree. */
+Test(score, k_is_inferred_by_prep_rule, .timeout = 60)
+{
+    char *dir = st_tmpdir(), *log = st_path(dir, "log"), *out = st_path(dir, "p.jsonl");
+    char *tie = st_path(dir, "tie.jsonl"), *most = st_path(dir, "most.jsonl");
+    /* two rows of 3 scores first, then two of 2: a tie, the smaller count wins */
+    write_text(tie, "{\"instruction\": \"r\", \"input\": \"a\", \"output\": \"1 2 3\"}\n"
+                    "{\"instruction\": \"r\", \"input\": \"b\", \"output\": \"2 2 3\"}\n"
+                    "{\"instruction\": \"r\", \"input\": \"c\", \"output\": \"1 2\"}\n"
+                    "{\"instruction\": \"r\", \"input\": \"d\", \"output\": \"4 5\"}\n");
+    /* a row of 2 first, then three of 3, and rows prep does not count (out of range, not
+     * scores, unlabelled) */
+    write_text(most, "{\"instruction\": \"r\", \"input\": \"a\", \"output\": \"1 2\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"b\", \"output\": \"2 2 3\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"c\", \"output\": \"1 2 0\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"d\", \"output\": \"4 5 1\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"e\", \"output\": \"7 8\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"f\", \"output\": \"9 9\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"g\", \"output\": \"1  2\"}\n"
+                     "{\"instruction\": \"r\", \"input\": \"h\"}\n");
+    cr_assert_eq(prep_k(dir, tie), 2);
+    cr_assert_eq(score_k(tie, out, log), 2);
+    cr_assert_eq(prep_k(dir, most), 3);
+    cr_assert_eq(score_k(most, out, log), 3);
     st_rm_rf(dir);
 }

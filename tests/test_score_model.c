@@ -427,3 +427,114 @@ Test(score_model, adapter_checkpoint_is_applied, .timeout = 300)
     st_rm_rf(dir);
     MPI_Finalize();
 }
+
+/* ---- `rubric score` on a real (tiny) model: the command's own behaviour ------------------ */
+
+static int log_contains(const char *log, const char *text)
+{
+    char *all = st_read(log, NULL);
+    int has = all && strstr(all, text);
+    free(all);
+    return has;
+}
+
+/* A few rows with three-score outputs. */
+static char *write_rows(const char *dir, int n)
+{
+    char *in = st_path(dir, "rows.jsonl");
+    FILE *f = fopen(in, "w");
+    cr_assert(f);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "{\"instruction\": \"%s\", \"input\": \"text %d\", \"output\": \"%d 4 1\"}\n",
+                rubric_b, i, i % 6);
+    fclose(f);
+    return in;
+}
+
+/* Every prediction of out: scores within lo..hi; returns the rows. */
+static int assert_scores_within(const char *out, int lo, int hi)
+{
+    FILE *f = fopen(out, "r");
+    cr_assert(f, "%s", out);
+    char line[1024];
+    int rows = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *s = strstr(line, "\"scores\": [");
+        cr_assert(s, "%s", line);
+        int a, b, c;
+        cr_assert_eq(sscanf(s, "\"scores\": [%d, %d, %d]", &a, &b, &c), 3, "%s", line);
+        cr_assert(a >= lo && a <= hi && b >= lo && b <= hi && c >= lo && c <= hi, "%s", line);
+        rows++;
+    }
+    fclose(f);
+    return rows;
+}
+
+/* --set on top of an adapter's stored config (no --config): the key set here wins. */
+Test(score_model, set_applies_on_top_of_the_adapters_stored_config, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
+    char *in = write_rows(dir, 12), *out = st_path(dir, "p.jsonl");
+    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
+    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
+    char *cdir = st_path(dir, "ckpt");
+    char *mk[] = {(char *)tool, "make-ckpt", "--model", mdir, "--out", cdir, "--r", "4", NULL};
+    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
+    char *ckpt = st_path(cdir, "checkpoint-1.h5");
+
+    /* the stored config's range (0..5), then --set score_max=3 over it */
+    char *plain[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
+                     "--tokenizer", TOK_DIR, "--backend", "cpu", NULL};
+    cr_assert_eq(st_run(plain, log, NULL), 0, "see %s", log);
+    cr_assert(log_contains(log, "3 scores per row in 0..5"), "see %s", log);
+    unlink(log);
+    char *set[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
+                   "--tokenizer", TOK_DIR, "--backend", "cpu", "--set", "score_max=3",
+                   "--set", "score_min=1", "--num-scores", "3", NULL};
+    cr_assert_eq(st_run(set, log, NULL), 0, "see %s", log);
+    cr_assert(log_contains(log, "3 scores per row in 1..3"), "--set was ignored; see %s", log);
+    cr_assert_eq(assert_scores_within(out, 1, 3), 12);
+    st_rm_rf(dir);
+}
+
+/* The scorer's bad rows (a prompt too long) name their line, as the other bad rows do. */
+Test(score_model, too_long_prompts_name_their_line, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
+    char *in = write_rows(dir, 3), *out = st_path(dir, "p.jsonl");
+    char *argv[] = {(char *)st_bin(), "score", "--model", mdir, "--input", in, "--output", out,
+                    "--tokenizer", TOK_DIR, "--backend", "cpu", "--max-prompt-tokens", "10",
+                    NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+    char *text = st_read(out, NULL);
+    for (int i = 0; i < 3; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "\"error\": \"line %d: the prompt has ", i + 1);
+        cr_assert(strstr(text, want), "no '%s' in %s", want, text);
+    }
+    free(text);
+    st_rm_rf(dir);
+}
+
+/* Under mpirun, a model that does not load (a truncated model.safetensors): the worker's
+ * error, exit 2, no resume hint, and no empty .partial or .journal left behind. */
+Test(score_model, a_broken_model_under_mpirun_leaves_nothing, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
+    char *in = write_rows(dir, 3), *out = st_path(dir, "p.jsonl");
+    char *weights = st_path(mdir, "model.safetensors");
+    cr_assert_eq(truncate(weights, 100000), 0);
+    char *argv[] = {"mpirun", "-np", "3", "--oversubscribe", (char *)st_bin(), "score",
+                    "--model", mdir, "--input", in, "--output", out, "--tokenizer", TOK_DIR,
+                    "--backend", "cpu", NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+    cr_assert(log_contains(log, "truncated"), "no loader error; see %s", log);
+    cr_assert(log_contains(log, "could not load the model"), "see %s", log);
+    cr_assert(!log_contains(log, "--resume"), "a resume hint with nothing to resume; see %s",
+              log);
+    char *partial = st_path(dir, "p.jsonl.partial"), *journal = st_path(dir, "p.jsonl.journal");
+    cr_assert(access(partial, F_OK) != 0, "%s was left behind", partial);
+    cr_assert(access(journal, F_OK) != 0, "%s was left behind", journal);
+    cr_assert(access(out, F_OK) != 0);
+    st_rm_rf(dir);
+}
