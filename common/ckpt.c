@@ -255,6 +255,7 @@ static int write_state(hid_t f, const ckpt_meta *m, const ckpt_param *params, in
         return err_set(RB_EXIT_RUNTIME, "cannot create group /state");
     int64_t version = CKPT_FORMAT_VERSION, zero = 0, n_el = 0;
     int64_t world = m->world_size, stage = m->zero_stage, np = n_params, opt = with_optim;
+    int64_t k = m->n_scores;
     for (int i = 0; i < n_params; i++)
         n_el += params[i].rows * params[i].cols;
     const char *yaml = m->config_yaml ? m->config_yaml : "";
@@ -284,6 +285,8 @@ static int write_state(hid_t f, const ckpt_meta *m, const ckpt_param *params, in
                       "xxHash64 of the base model's config.json (its identity)")
         || state_attr(g, "world_size", I, &world, "workers of the run that wrote this file")
         || state_attr(g, "zero_stage", I, &stage, "ZeRO stage of that run")
+        || state_attr(g, "scores_per_row", I, &k, "scores per answer in the training data (the "
+                      "K rubric score decodes by default); 0 for free-text outputs")
         || state_attr(g, "n_params", I, &np, "trainable tensors (datasets under /lora)")
         || state_attr(g, "n_elements", I, &n_el, "trainable elements, padding excluded")
         || state_attr(g, "has_optimizer_state", I, &opt, "1 when /optim holds AdamW's state");
@@ -593,6 +596,10 @@ static int read_state(hid_t f, ckpt_meta *m)
     m->world_size = (int)world;
     m->zero_stage = (int)stage;
     m->has_optimizer_state = (int)opt;
+    int64_t k = 0; /* optional: files written before it have none */
+    if (!rc && attr_exists(g, "scores_per_row"))
+        rc = attr_read(g, "scores_per_row", I, &k) ? RB_EXIT_INPUT : 0;
+    m->n_scores = (int)k;
     if (!rc && attr_exists(g, "rng_state")) {
         hid_t a = H5Aopen(g, "rng_state", H5P_DEFAULT);
         hid_t s = H5Aget_space(a);
@@ -859,6 +866,10 @@ static void print_state(const char *path, const ckpt_meta *m)
            m->base_model_hash);
     printf("written by    %d worker%s, ZeRO stage %d; seed %" PRIu64 "\n", m->world_size,
            m->world_size == 1 ? "" : "s", m->zero_stage, m->seed);
+    if (m->n_scores > 0)
+        printf("answers       %d scores per row\n", m->n_scores);
+    else
+        printf("answers       free text (or not recorded)\n");
 }
 
 static int print_params(hid_t f, int has_optim)

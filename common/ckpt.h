@@ -69,6 +69,8 @@ typedef struct {
     uint64_t base_model_hash;
     int world_size;          /* workers */
     int zero_stage;
+    int n_scores;            /* scores per row the model was trained to answer (0: free text,
+                              * or a file from before this attribute) */
     int has_optimizer_state; /* set by ckpt_load / ckpt_read_meta */
     int64_t n_elements;      /* set by ckpt_load / ckpt_read_meta */
 } ckpt_meta;

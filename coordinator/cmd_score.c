@@ -77,7 +77,8 @@ static const char score_options_help[] =
     "      --output FILE        predictions (JSONL)\n"
     "      --metrics FILE       metrics JSON (default: OUTPUT's name with .metrics.json)\n"
     "      --resume             continue an interrupted run of the same command\n"
-    "      --num-scores K       scores per row (default: as rubric prep decides it, the\n"
+    "      --num-scores K       scores per row (default: the --adapter checkpoint's, from\n"
+    "                           its training data; else as rubric prep decides it, the\n"
     "                           most common count among the rows' in-range score outputs;\n"
     "                           of a tie, the smaller)\n"
     "      --baseline-from FILE reference rows for the majority baseline (default: the input)\n"
@@ -298,6 +299,9 @@ static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *
         }
         if (!rc && !o->model_dir && ac.base_model)
             rc = resolve_adapter_base(o->adapter, &ac, &o->model_dir);
+        /* K: --num-scores, else what the adapter was trained to answer, else the input's */
+        if (!rc && o->k <= 0)
+            o->k = scorer_adapter_scores(o->adapter);
         config_free(&ac);
     }
     if (!rc && cl.model_dir && !o->adapter && !cfg->config_path && !o->fake_model)

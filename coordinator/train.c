@@ -255,7 +255,7 @@ static int save_checkpoint(trainer *t, int64_t done)
                    .base_lr = cfg->learning_rate, .warmup_steps = t->warmup_steps,
                    .config_yaml = yaml, .base_model = cfg->base_model_dir,
                    .base_model_hash = t->base_hash, .world_size = t->w->n_workers,
-                   .zero_stage = cfg->zero_stage};
+                   .zero_stage = cfg->zero_stage, .n_scores = t->ds ? t->ds->n_scores : 0};
     ckpt_slice s;
     my_slice(t, 0, &s);
     char *path = NULL;

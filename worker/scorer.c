@@ -68,6 +68,15 @@ int scorer_adapter_config(const char *path, rubric_config *cfg)
     return rc ? err_prefix(rc, "%s: the config stored in the checkpoint", path) : 0;
 }
 
+int scorer_adapter_scores(const char *path)
+{
+    ckpt_meta meta;
+    memset(&meta, 0, sizeof meta);
+    int k = ckpt_read_meta(path, &meta) == 0 ? meta.n_scores : 0;
+    ckpt_meta_free(&meta);
+    return k;
+}
+
 /* The LoRA shape of a rubric checkpoint, from the config stored in it. */
 static int adapter_options(const char *path, model_options *mo)
 {

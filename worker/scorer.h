@@ -109,6 +109,9 @@ const prompt_encoder *scorer_encoder(const scorer *s);
 /* The config a rubric checkpoint (.h5) was trained with (its stored YAML), for the prompt
  * style, score range, LoRA shape and base model. Free with config_free(). */
 int scorer_adapter_config(const char *ckpt_path, rubric_config *cfg);
+/* The scores per row a rubric checkpoint's training data had (0: free text, unreadable, or a
+ * checkpoint from before rubric recorded it). */
+int scorer_adapter_scores(const char *ckpt_path);
 
 /* Wrap a scorer as a backend (the backend owns it). */
 scorer_backend *scorer_backend_new(scorer *s);

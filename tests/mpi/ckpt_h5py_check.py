@@ -18,7 +18,7 @@ import numpy as np
 STATE_KEYS = ["format", "format_version", "complete", "step", "epoch", "data_cursor",
               "total_steps", "loss", "lr", "seed", "sched_kind", "base_lr", "warmup_steps",
               "config_yaml", "base_model", "base_model_hash", "world_size", "zero_stage",
-              "n_params", "n_elements", "has_optimizer_state"]
+              "scores_per_row", "n_params", "n_elements", "has_optimizer_state"]
 MOMENTS = ["master", "exp_avg", "exp_avg_sq"]
 
 

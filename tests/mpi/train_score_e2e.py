@@ -192,6 +192,27 @@ def case_after_train(root, train, tests):
             diff = [i for i, (a, b) in enumerate(zip(preds, separate)) if a != b]
             fail(f"{name}: scores after training differ from `rubric score --adapter` "
                  f"at rows {diff[:10]} (of {len(preds)})")
+    # rows without "output" (nothing to infer K from): K comes from the checkpoint, which
+    # records its training data's scores per row, as `rubric inspect` shows
+    k = len(tests["test"][0]["output"].split())
+    bare = f"{root}/bare.jsonl"
+    with open(bare, "w") as f:
+        for r in tests["test"][:8]:
+            f.write(json.dumps({"instruction": r["instruction"], "input": r["input"]}) + "\n")
+    rc, bout = run([RUBRIC, "score", "--model", f"{root}/model", "--adapter", ckpt,
+                    "--input", bare, "--output", f"{root}/bare-preds.jsonl"])
+    if rc != 0:
+        print(bout)
+        fail(f"rubric score --adapter of rows without output exited {rc}")
+    with open(f"{root}/bare-preds.jsonl") as f:
+        bare_preds = [json.loads(l) for l in f]
+    if [len(p["scores"]) for p in bare_preds] != [k] * 8:
+        fail(f"rows without output: expected {k} scores per row from the checkpoint, got "
+             f"{[p['scores'] for p in bare_preds]}")
+    rc, iout = run([RUBRIC, "inspect", ckpt])
+    if rc != 0 or f"answers       {k} scores per row" not in iout:
+        print(iout)
+        fail("rubric inspect does not show the checkpoint's scores per row")
     # the comparison means something only if the adapter matters: the base model alone
     # scores differently
     base = f"{root}/base-test.jsonl"
