@@ -184,8 +184,8 @@ int cmd_tokenize(int argc, char **argv)
         return rc;
     }
 
-    /* the input first (a directory or unreadable file is an error before any work), and the
-     * output must not be the input: the ids would replace the text */
+    /* the input first (a directory or unreadable file is an error before any work), the
+     * output must not be the input (the ids would replace the text) and must be writable */
     if (strcmp(a.input, "-") != 0 && (rc = jsonl_check_input(a.input, "--input"))) {
         log_error("tokenize: %s", err_msg());
         return rc;
@@ -195,6 +195,11 @@ int cmd_tokenize(int argc, char **argv)
                   "another --output", a.output, a.decode ? "text" : "ids",
                   a.decode ? "ids" : "text");
         return RB_EXIT_INPUT;
+    }
+    /* a directory, a path under a file or an unwritable folder would fail only at the end */
+    if (strcmp(a.output, "-") != 0 && (rc = check_output_file(a.output, "--output"))) {
+        log_error("tokenize: %s", err_msg());
+        return rc;
     }
 
     /* the tokenizer and the input */

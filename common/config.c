@@ -1541,40 +1541,10 @@ int config_check_score_files(const rubric_config *cfg)
 /* ------------------------------------------------------------------------------------------ */
 /* output_dir (train)                                                                         */
 
-/* What keeps a folder from taking a new file (NULL: nothing): one is made and removed. */
-static char *dir_write_problem(const char *dir)
-{
-    char *probe = xasprintf("%s/.rubric-write-test.%ld", dir, (long)getpid());
-    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    char *problem = NULL;
-    if (fd < 0) {
-        problem = xasprintf("is not writable (creating a file in it: %s)", strerror(errno));
-    } else {
-        close(fd);
-        if (unlink(probe) != 0)
-            problem = xasprintf("is not writable (a test file %s could not be removed: %s)",
-                                probe, strerror(errno));
-    }
-    free(probe);
-    return problem;
-}
-
 int config_check_output_dir(const rubric_config *cfg)
 {
     const char *dir = cfg->output_dir;
-    struct stat st;
-    char *problem = NULL;
-    if (!dir || !dir[0])
-        problem = xstrdup("is empty");
-    else if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
-        problem = xasprintf("%s exists and is not a folder", dir);
-    else if (mkdir_p(dir) != 0)
-        problem = xasprintf("%s: %s", dir, err_msg());
-    else if ((problem = dir_write_problem(dir)) != NULL) {
-        char *p = xasprintf("%s %s", dir, problem);
-        free(problem);
-        problem = p;
-    }
+    char *problem = !dir || !dir[0] ? xstrdup("is empty") : dir_output_problem(dir);
     if (!problem)
         return 0;
     char *place = key_place(cfg, "output_dir");

@@ -278,6 +278,51 @@ int same_path(const char *a, const char *b)
                                  sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino);
 }
 
+char *dir_output_problem(const char *dir)
+{
+    struct stat st;
+    if (!dir || !dir[0])
+        return xstrdup("(an empty path) is not a folder");
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        return xasprintf("%s exists and is not a folder", dir);
+    if (mkdir_p(dir) != 0)
+        return xasprintf("%s: %s", dir, err_msg());
+
+    /* writable: a test file is made and removed */
+    char *probe = xasprintf("%s/.rubric-write-test.%ld", dir, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    char *problem = NULL;
+    if (fd < 0) {
+        problem = xasprintf("%s is not writable (creating a file in it: %s)", dir,
+                            strerror(errno));
+    } else {
+        close(fd);
+        if (unlink(probe) != 0)
+            problem = xasprintf("%s is not writable (a test file %s could not be removed: %s)",
+                                dir, probe, strerror(errno));
+    }
+    free(probe);
+    return problem;
+}
+
+int check_output_file(const char *path, const char *what)
+{
+    if (!path || !path[0])
+        return err_set(RB_EXIT_INPUT, "%s is empty: give a file name", what);
+    if (path_is_dir(path))
+        return err_set(RB_EXIT_INPUT, "%s %s is a directory: give a file name (e.g. %s/out.jsonl)",
+                       what, path, path);
+    char *copy = xstrdup(path);
+    char *problem = dir_output_problem(dirname(copy));
+    free(copy);
+    if (!problem)
+        return 0;
+    int rc = err_set(RB_EXIT_INPUT, "%s %s: its folder %s; give a path in a folder this user can "
+                     "write to", what, path, problem);
+    free(problem);
+    return rc;
+}
+
 int parse_byte_size(const char *s, uint64_t *out)
 {
     char *end;

@@ -75,6 +75,19 @@ int path_is_dir(const char *path);
  * through "..", a symbolic link or a hard link). */
 int same_path(const char *a, const char *b);
 
+/* What keeps `dir` from being an output folder, or NULL when nothing does: it exists and is
+ * not a folder, it cannot be made (mkdir -p), or it takes no new file (one is made and
+ * removed, so a read-only mount or `chattr +i` counts, even for root). A missing folder is
+ * made. The returned text (free it) starts with dir, e.g. "out/m is not writable (...)". */
+char *dir_output_problem(const char *dir);
+
+/* A file this run will write at `path`: not a folder, its folder made and writable. Returns
+ * 0, or RB_EXIT_INPUT with "WHAT PATH ...: give ..." (what: the option, e.g. "--output"). */
+int check_output_file(const char *path, const char *what);
+
+/* "s" unless n is 1: "%d worker%s", n, plural_s(n). */
+static inline const char *plural_s(int64_t n) { return n == 1 ? "" : "s"; }
+
 /* A byte count "500000", "200K", "5G" or "5GB" (K, M, G: powers of 1000, as transformers'
  * max_shard_size). Returns 0, or -1 for anything else (zero, negative, overflow). */
 int parse_byte_size(const char *s, uint64_t *out);

@@ -630,6 +630,55 @@ Test(tokenizer, command_refuses_output_equal_to_input)
     free(sub);
 }
 
+/* --output that cannot be written (a directory, a path under a regular file, a folder that
+ * takes no file): exit 2 naming it, before any work, and nothing is left behind. */
+Test(tokenizer, command_checks_output_up_front)
+{
+    char dir[] = "/tmp/rubric-tokout-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char *in = xasprintf("%s/in.jsonl", dir), *file_out = xasprintf("%s/in.jsonl/ids.jsonl", dir);
+    char *ro = xasprintf("%s/ro", dir), *ro_out = xasprintf("%s/ro/ids.jsonl", dir);
+    const char *text = "{\"text\": \"hello\"}\n";
+    cr_assert_eq(write_file_atomic(in, text, strlen(text)), 0);
+    cr_assert_eq(mkdir(ro, 0555), 0);
+    char *lock = xasprintf("chattr +i %s 2>/dev/null", ro);
+    int locked = geteuid() != 0 || system(lock) == 0;
+
+    struct {
+        const char *output, *says;
+    } cases[] = {
+        {dir, "is a directory: give a file name"},
+        {file_out, "exists and is not a folder"},
+        {ro_out, "is not writable"},
+    };
+    for (size_t i = 0; i < RB_ARRAY_LEN(cases); i++) {
+        if (i == 2 && !locked) {
+            cr_log_warn("chattr +i is not supported here: the unwritable-folder case is skipped");
+            continue;
+        }
+        char *args = xasprintf("--input %s --output %s", in, cases[i].output), *err;
+        cr_expect_eq(run_tokenize(args, &err), 2, "%s: stderr: %s", args, err);
+        cr_expect(strstr(err, "--output"), "%s: stderr: %s", args, err);
+        cr_expect(strstr(err, cases[i].output), "%s: stderr: %s", args, err);
+        cr_expect(strstr(err, cases[i].says), "%s: stderr: %s", args, err);
+        free(err);
+        free(args);
+    }
+    char *ls = xasprintf("test -z \"$(ls -A %s | grep -v -x -e in.jsonl -e ro)\" && "
+                         "test -z \"$(ls -A %s)\"", dir, ro);
+    cr_expect_eq(system(ls), 0, "a file was left behind in %s", dir);
+
+    char *rm = xasprintf("chattr -i %s 2>/dev/null; rm -rf %s", ro, dir);
+    cr_expect_eq(system(rm), 0);
+    free(rm);
+    free(ls);
+    free(lock);
+    free(ro_out);
+    free(ro);
+    free(file_out);
+    free(in);
+}
+
 Test(tokenizer, command_encodes_decodes_and_rejects_bad_lines)
 {
     char dir[] = "/tmp/rubric-tokcli-XXXXXX";
