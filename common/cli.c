@@ -29,11 +29,13 @@ static const struct option common_options[] = {
     {"help", no_argument, NULL, OPT_HELP},
 };
 
-static const char common_help[] =
+static const char config_help[] =
     "  -c, --config FILE     Axolotl-style YAML config (or give it as the first argument)\n"
     "      --set KEY=VALUE   override a config key (repeatable), e.g. --set lora_r=8\n"
     "      --strict          unknown config keys are errors, not warnings\n"
-    "      --print-config    print the resolved config as YAML and stop\n"
+    "      --print-config    print the resolved config as YAML and stop\n";
+
+static const char common_help[] =
     "      --log-level LEVEL error, warn, info (default) or debug\n"
     "  -q, --quiet           warnings and errors only (same as --log-level warn)\n"
     "      --log-all-ranks   let workers print info lines too (tagged with their rank)\n"
@@ -58,9 +60,10 @@ void cli_print_help(const cli_spec *spec, FILE *out)
         fprintf(out, "\n%s\n", spec->summary);
     if (spec->options_help)
         fprintf(out, "\noptions:\n%s", spec->options_help);
-    fprintf(out, "\ncommon options:\n%s", common_help);
-    fprintf(out, "\nExit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.\n"
-                 "Config keys, defaults and meanings: docs/config.md.\n");
+    fprintf(out, "\ncommon options:\n%s%s", spec->no_config ? "" : config_help, common_help);
+    fprintf(out, "\nExit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.\n");
+    if (!spec->no_config)
+        fprintf(out, "Config keys, defaults and meanings: docs/config.md.\n");
 }
 
 int cli_usage_error(const cli_spec *spec, const char *fmt, ...)
@@ -77,18 +80,42 @@ int cli_usage_error(const cli_spec *spec, const char *fmt, ...)
     return RB_EXIT_INPUT;
 }
 
-/* The long options: the common ones, then the command's own. */
+static int is_config_option(int val)
+{
+    return val == OPT_CONFIG || val == OPT_SET || val == OPT_STRICT || val == OPT_PRINT_CONFIG;
+}
+
+/* The long options: the common ones (less the config ones for a command without a config),
+ * then the command's own. */
 static struct option *merged_options(const cli_spec *spec)
 {
     size_t n_own = 0;
     while (spec->options && spec->options[n_own].name)
         n_own++;
-    size_t n_common = RB_ARRAY_LEN(common_options);
-    struct option *all = xcalloc(n_common + n_own + 1, sizeof *all);
-    memcpy(all, common_options, sizeof common_options);
+    struct option *all = xcalloc(RB_ARRAY_LEN(common_options) + n_own + 1, sizeof *all);
+    size_t n = 0;
+    for (size_t i = 0; i < RB_ARRAY_LEN(common_options); i++)
+        if (!spec->no_config || !is_config_option(common_options[i].val))
+            all[n++] = common_options[i];
     if (n_own)
-        memcpy(all + n_common, spec->options, n_own * sizeof *all);
+        memcpy(all + n, spec->options, n_own * sizeof *all);
     return all;
+}
+
+/* The message for an option getopt rejected ('?'): a value given to a flag ("--strict=1":
+ * glibc sets optopt to the flag's val), an unknown short option, or an unknown long one. */
+static int unknown_option_error(const cli_spec *spec, const struct option *longs,
+                                const char *arg)
+{
+    const char *eq = arg && strncmp(arg, "--", 2) == 0 ? strchr(arg, '=') : NULL;
+    for (const struct option *o = longs; eq && optopt && o->name; o++)
+        if (o->has_arg == no_argument && o->val == optopt &&
+            strncmp(o->name, arg + 2, (size_t)(eq - arg - 2)) == 0)
+            return cli_usage_error(spec, "--%s takes no value (got '%s'); give it alone, as "
+                                   "--%s", o->name, arg, o->name);
+    if (optopt > ' ' && optopt < 127)
+        return cli_usage_error(spec, "unknown option '-%c'", optopt);
+    return cli_usage_error(spec, "unknown option '%s'", arg ? arg : "?");
 }
 
 /* One common option into `out`; 0 or a usage error. */
@@ -163,7 +190,8 @@ int cli_parse_common(int argc, char **argv, const cli_spec *spec, cli_common *ou
     out->log_level = -1;
     struct option *longs = merged_options(spec);
     /* a leading ':' reports a missing value as ':' instead of '?' */
-    char *shorts = xasprintf(":hqc:%s", spec->short_options ? spec->short_options : "");
+    char *shorts = xasprintf(":hq%s%s", spec->no_config ? "" : "c:",
+                             spec->short_options ? spec->short_options : "");
 
     /* one pass over the options, common and own */
     int rc = 0, opt;
@@ -173,10 +201,8 @@ int cli_parse_common(int argc, char **argv, const cli_spec *spec, cli_common *ou
         const char *arg = optarg;
         if (opt == 'h' || opt == OPT_HELP) {
             out->help = 1;
-        } else if (opt == '?' && optopt) {
-            rc = cli_usage_error(spec, "unknown option '-%c'", optopt);
         } else if (opt == '?') {
-            rc = cli_usage_error(spec, "unknown option '%s'", argv[optind - 1]);
+            rc = unknown_option_error(spec, longs, optind > 0 ? argv[optind - 1] : NULL);
         } else if (opt == ':') {
             rc = cli_usage_error(spec, "option '%s' needs a value", argv[optind - 1]);
         } else if ((rc = take_common(spec, opt, arg, out)) == -1) {

@@ -1,5 +1,6 @@
 /*
- * cli.h: the options every config-taking command shares (train, prep, score).
+ * cli.h: the options every config-taking command shares (train, prep, score); a command
+ * without a config (init-model) takes the logging ones only (cli_spec.no_config).
  *
  *   rubric train [CONFIG] [--config FILE] [--set key=value]... [--strict] [--print-config]
  *                [--log-level LEVEL] [--quiet] [--log-all-ranks] [-h|--help] [own options]
@@ -44,6 +45,8 @@ typedef struct {
     int config_positional;          /* the first positional argument is the config */
     int config_required;            /* a config is needed (usage error without one) */
     int max_args;                   /* positional arguments allowed besides the config */
+    int no_config;                  /* the command takes no config: --config, --set, --strict
+                                     * and --print-config are not among its options */
 } cli_spec;
 
 /* The common options' `val` values in struct option start here. */

@@ -587,6 +587,57 @@ Test(cli, usage_errors_exit_2)
     cli_free(&cli);
 }
 
+/* A value given to an option that takes none ("--strict=1") is named as such, through the
+ * binary (prep, score) and the parser itself, not "unknown option '-'". */
+Test(cli, value_given_to_a_flag_is_named)
+{
+    const char *bin = getenv("RUBRIC_BIN");
+    cr_assert(bin, "RUBRIC_BIN is not set (run through meson test)");
+    const char *cases[][2] = {
+        {"prep no-such.yml --strict=1", "--strict takes no value (got '--strict=1')"},
+        {"score --full-logits=1", "--full-logits takes no value (got '--full-logits=1')"},
+        {"prep no-such.yml --quiet=yes", "--quiet takes no value"},
+        {"prep no-such.yml --bogus=1", "unknown option '--bogus=1'"},
+    };
+    for (size_t i = 0; i < RB_ARRAY_LEN(cases); i++) {
+        char *cmd = xasprintf("'%s' %s 2>&1", bin, cases[i][0]);
+        FILE *p = popen(cmd, "r");
+        cr_assert(p);
+        char buf[4096];
+        size_t n = fread(buf, 1, sizeof buf - 1, p);
+        buf[n] = '\0';
+        int st = pclose(p);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == RB_EXIT_INPUT, "%s: status %d: %s",
+                  cases[i][0], st, buf);
+        cr_expect(strstr(buf, cases[i][1]), "%s: %s", cases[i][0], buf);
+        cr_expect(!strstr(buf, "unknown option '-'\n"), "%s: %s", cases[i][0], buf);
+        free(cmd);
+    }
+}
+
+/* A command without a config (init-model) takes the logging options but not the config ones. */
+Test(cli, no_config_spec_takes_the_logging_options_only)
+{
+    cli_spec spec = {.command = "init-model", .no_config = 1};
+    cli_common cli;
+    char *quiet[] = {"init-model", "-q", NULL};
+    cr_assert_eq(cli_parse_common(2, quiet, &spec, &cli), 0);
+    cr_assert_eq(cli.quiet, 1);
+    cr_assert_eq(log_get_level(), LOG_WARN);
+    cli_free(&cli);
+    char *level[] = {"init-model", "--log-level", "error", NULL};
+    cr_assert_eq(cli_parse_common(3, level, &spec, &cli), 0);
+    cr_assert_eq(log_get_level(), LOG_ERROR);
+    cli_free(&cli);
+    log_set_level(LOG_INFO);
+    char *config[] = {"init-model", "--config", "c.yml", NULL};
+    cr_assert_eq(cli_parse_common(3, config, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+    char *set[] = {"init-model", "-c", "c.yml", NULL};
+    cr_assert_eq(cli_parse_common(3, set, &spec, &cli), RB_EXIT_INPUT);
+    cli_free(&cli);
+}
+
 Test(cli, help_returns_0_and_sets_help)
 {
     const char *out_path = NULL;
