@@ -278,6 +278,134 @@ Test(init_model, non_empty_out_needs_force)
     free(d);
 }
 
+/* Run init-model with args; returns the exit status, stdout and stderr together in *out. */
+static int run_rubric_output(const char *args, char **out)
+{
+    char *cmd = xasprintf("'%s' init-model %s 2>&1", getenv("RUBRIC_BIN"), args);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p);
+    size_t cap = 1 << 16, n = 0;
+    *out = xmalloc(cap);
+    for (size_t got; (got = fread(*out + n, 1, cap - 1 - n, p)) > 0;)
+        n += got;
+    (*out)[n] = '\0';
+    int st = pclose(p);
+    free(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* --force over a sharded model: the shards, the index and any other *.safetensors are gone,
+ * so the folder holds one consistent model (and the other way round). */
+Test(init_model, force_replaces_a_sharded_model_whole)
+{
+    char *d = tmp_dir();
+    char *sharded = xasprintf("--out %s --vocab 1000 --no-tie --max-shard-size 50K", d);
+    cr_assert_eq(run_rubric(sharded), 0, "init-model %s failed", sharded);
+    char *index = xasprintf("%s/model.safetensors.index.json", d);
+    char *stray = xasprintf("%s/old-extra.safetensors", d), *keep = xasprintf("%s/notes.txt", d);
+    char *shards = xasprintf("ls '%s'/model-0000[2-9]-of-0000?.safetensors >/dev/null", d);
+    cr_assert(system(shards) == 0 && path_exists(index), "no shards to replace");
+    cr_assert_eq(write_file_atomic(stray, "x", 1), 0);
+    cr_assert_eq(write_file_atomic(keep, "mine", 4), 0);
+
+    char *single = xasprintf("--out %s --vocab 1000 --force", d);
+    cr_assert_eq(run_rubric(single), 0, "init-model %s failed", single);
+    char *cmd = xasprintf("cd '%s' && test \"$(ls *.safetensors)\" = model.safetensors", d);
+    cr_expect_eq(system(cmd), 0, "stale weights were left in %s", d);
+    free(cmd);
+    cr_expect_not(path_exists(index), "the old index was left");
+    cr_expect(path_exists(keep), "--force removed a file that is not weights");
+    safetensors_set *s;
+    cr_assert_eq(safetensors_open_dir(&s, d), 0, "%s", err_msg());
+    cr_expect_null(safetensors_find(s, "lm_head.weight"), "the untied model's head is read");
+    safetensors_close(s);
+
+    /* and back to shards: no model.safetensors left to win over the index */
+    char *again = xasprintf("%s --force", sharded);
+    cr_assert_eq(run_rubric(again), 0, "init-model %s failed", again);
+    char *one = xasprintf("%s/model.safetensors", d);
+    cr_expect_not(path_exists(one), "model.safetensors was left next to the shards");
+    cr_assert_eq(safetensors_open_dir(&s, d), 0, "%s", err_msg());
+    cr_expect_not_null(safetensors_find(s, "lm_head.weight"));
+    safetensors_close(s);
+
+    free(one);
+    free(again);
+    free(single);
+    free(keep);
+    free(stray);
+    free(index);
+    free(shards);
+    free(sharded);
+    rm_rf(d);
+    free(d);
+}
+
+/* An --out that takes no file (chattr +i, even for root; mode 0555 for a user) or cannot be
+ * made: exit 2 before any work, naming the folder and what to do. */
+Test(init_model, unwritable_out_is_refused_up_front)
+{
+    char *d = tmp_dir();
+    char *ro = xasprintf("%s/ro", d), *lock = xasprintf("chattr +i '%s' 2>/dev/null", ro);
+    cr_assert_eq(mkdir(ro, 0555), 0);
+    if (geteuid() == 0 && system(lock) != 0) {
+        cr_log_warn("chattr +i is not supported here: the unwritable-folder case is skipped");
+    } else {
+        const char *outs[] = {"", "/sub"};
+        for (int i = 0; i < 2; i++) {
+            char *args = xasprintf("--out %s%s --vocab 1000", ro, outs[i]), *out;
+            cr_expect_eq(run_rubric_output(args, &out), 2, "%s: %s", args, out);
+            cr_expect(strstr(out, ro), "%s: %s", args, out);
+            cr_expect(strstr(out, "give a folder this user can write to"), "%s: %s", args, out);
+            cr_expect(!strstr(out, ".tmp."), "%s: it tried to write first: %s", args, out);
+            free(out);
+            free(args);
+        }
+    }
+    char *unlock = xasprintf("chattr -i '%s' 2>/dev/null; true", ro);
+    cr_expect_eq(system(unlock), 0);
+    free(unlock);
+    free(lock);
+    free(ro);
+    rm_rf(d);
+    free(d);
+}
+
+/* The common options of the other commands: -q and --log-level quiet the info lines; a
+ * config option is not one of init-model's; a value given to a flag is named. */
+Test(init_model, takes_the_common_logging_options)
+{
+    char *d = tmp_dir(), *out;
+    char *loud = xasprintf("--out %s/a --vocab 1000", d);
+    cr_assert_eq(run_rubric_output(loud, &out), 0, "%s", out);
+    cr_expect(strstr(out, "wrote "), "no info line without -q: %s", out);
+    free(out);
+    const char *quiet[] = {"-q", "--quiet", "--log-level error"};
+    for (int i = 0; i < 3; i++) {
+        char *args = xasprintf("%s --out %s/q%d --vocab 1000", quiet[i], d, i);
+        cr_assert_eq(run_rubric_output(args, &out), 0, "%s: %s", args, out);
+        cr_expect(!strstr(out, "wrote "), "%s printed info lines: %s", args, out);
+        free(out);
+        free(args);
+    }
+    char *cfg = xasprintf("--out %s/c --config x.yml", d);
+    cr_expect_eq(run_rubric_output(cfg, &out), 2, "%s", out);
+    cr_expect(strstr(out, "unknown option '--config'"), "%s", out);
+    free(out);
+    char *flag = xasprintf("--out %s/f --force=1", d);
+    cr_expect_eq(run_rubric_output(flag, &out), 2, "%s", out);
+    cr_expect(strstr(out, "--force takes no value"), "%s", out);
+    free(out);
+    cr_expect_eq(run_rubric_output("--help", &out), 0, "%s", out);
+    cr_expect(strstr(out, "-q, --quiet") && strstr(out, "--max-shard-size"), "%s", out);
+    free(out);
+    free(flag);
+    free(cfg);
+    free(loud);
+    rm_rf(d);
+    free(d);
+}
+
 /* The tensors transformers' state_dict holds for mc, with their shapes. */
 static int expected_tensors(const model_config *mc, char names[][96], int64_t shapes[][2])
 {

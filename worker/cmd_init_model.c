@@ -8,8 +8,8 @@
  * its own xoshiro256** stream seeded by splitmix64(seed + XXH64(tensor name)), normals by
  * Box-Muller, so a tensor's values depend only on the seed, its name and its shape.
  */
+#include <dirent.h>
 #include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <math.h>
@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "export.h"
 #include "log.h"
@@ -93,40 +94,37 @@ typedef struct {
     model_config mc;
 } init_options;
 
-static void init_usage(FILE *fp)
-{
-    fprintf(fp,
-            "usage: rubric init-model --out DIR [options]\n"
-            "\n"
-            "Write a randomly initialised model as a Hugging Face folder (config.json,\n"
-            "model.safetensors, generation_config.json, tokenizer files).\n"
-            "\n"
-            "  --out DIR            the folder to write: a new or empty one (created)\n"
-            "  --force              write into a non-empty --out anyway, replacing its\n"
-            "                       files of the same names (config.json, *.safetensors,\n"
-            "                       tokenizer files); other files stay\n"
-            "  --type T             qwen3 (default), qwen2 or llama\n"
-            "  --hidden N           hidden size (64)\n"
-            "  --layers N           decoder layers (2)\n"
-            "  --heads N            attention heads (4)\n"
-            "  --kv-heads N         key/value heads (2)\n"
-            "  --head-dim N         head dimension (16)\n"
-            "  --intermediate N     MLP size (192)\n"
-            "  --vocab N            vocabulary size (151936, Qwen3's)\n"
-            "  --rope-theta X       RoPE base (1000000)\n"
-            "  --tie | --no-tie     tie the LM head to the embeddings (default: tied)\n"
-            "  --seed N             random seed (1); the same seed gives identical files\n"
-            "  --init-std X         std of the normal init of linear layers (0.02, as HF)\n"
-            "  --embed-std X        std of the embeddings and LM head (default: --init-std).\n"
-            "                       With frozen tied embeddings at std 0.02 a tiny random\n"
-            "                       model's logits span only about +-1 and its loss cannot\n"
-            "                       fall far below ln(vocab); a larger value lets a LoRA\n"
-            "                       demo show learning\n"
-            "  --dtype bf16|f32     stored weight type (bf16)\n"
-            "  --tokenizer DIR      tokenizer files to copy (default: the bundled Qwen3 one)\n"
-            "  --max-shard-size N   cut the weights into shards of at most N bytes (suffix\n"
-            "                       K, M or G: 1e3, 1e6, 1e9) with an index (default: one file)\n");
-}
+static const char init_summary[] =
+    "Write a randomly initialised model as a Hugging Face folder (config.json,\n"
+    "model.safetensors, generation_config.json, tokenizer files).";
+
+static const char init_options_help[] =
+    "  --out DIR            the folder to write: a new or empty one (created)\n"
+    "  --force              write into a non-empty --out anyway: its weights\n"
+    "                       (*.safetensors, the shard index) are removed first, and\n"
+    "                       config.json and the tokenizer files replaced; other\n"
+    "                       files stay\n"
+    "  --type T             qwen3 (default), qwen2 or llama\n"
+    "  --hidden N           hidden size (64)\n"
+    "  --layers N           decoder layers (2)\n"
+    "  --heads N            attention heads (4)\n"
+    "  --kv-heads N         key/value heads (2)\n"
+    "  --head-dim N         head dimension (16)\n"
+    "  --intermediate N     MLP size (192)\n"
+    "  --vocab N            vocabulary size (151936, Qwen3's)\n"
+    "  --rope-theta X       RoPE base (1000000)\n"
+    "  --tie | --no-tie     tie the LM head to the embeddings (default: tied)\n"
+    "  --seed N             random seed (1); the same seed gives identical files\n"
+    "  --init-std X         std of the normal init of linear layers (0.02, as HF)\n"
+    "  --embed-std X        std of the embeddings and LM head (default: --init-std).\n"
+    "                       With frozen tied embeddings at std 0.02 a tiny random\n"
+    "                       model's logits span only about +-1 and its loss cannot\n"
+    "                       fall far below ln(vocab); a larger value lets a LoRA\n"
+    "                       demo show learning\n"
+    "  --dtype bf16|f32     stored weight type (bf16)\n"
+    "  --tokenizer DIR      tokenizer files to copy (default: the bundled Qwen3 one)\n"
+    "  --max-shard-size N   cut the weights into shards of at most N bytes (suffix\n"
+    "                       K, M or G: 1e3, 1e6, 1e9) with an index (default: one file)\n";
 
 static int init_parse_int(const char *opt, const char *s, int64_t min, int64_t *out)
 {
@@ -134,7 +132,7 @@ static int init_parse_int(const char *opt, const char *s, int64_t min, int64_t *
     errno = 0;
     long long v = strtoll(s, &end, 10);
     if (errno || end == s || *end || v < min)
-        return err_set(RB_EXIT_INPUT, "init-model: %s needs an integer >= %lld, got '%s'", opt,
+        return err_set(RB_EXIT_INPUT, "%s needs an integer >= %lld, got '%s'", opt,
                        (long long)min, s);
     *out = v;
     return 0;
@@ -147,8 +145,7 @@ static int init_parse_std(const char *opt, const char *s, double *out)
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !(v > 0 && v <= 10))
-        return err_set(RB_EXIT_INPUT, "init-model: %s needs a number in (0, 10], got '%s'", opt,
-                       s);
+        return err_set(RB_EXIT_INPUT, "%s needs a number in (0, 10], got '%s'", opt, s);
     *out = v;
     return 0;
 }
@@ -158,77 +155,113 @@ static int init_parse_std(const char *opt, const char *s, double *out)
 static int init_parse_size(const char *s, uint64_t *out)
 {
     if (parse_byte_size(s, out) != 0)
-        return err_set(RB_EXIT_INPUT, "init-model: --max-shard-size needs a positive size such "
-                       "as 500000, 200K or 2G, got '%s'", s);
+        return err_set(RB_EXIT_INPUT, "--max-shard-size needs a positive size such as 500000, "
+                       "200K or 2G, got '%s'", s);
     return 0;
 }
 
-static int init_parse_args(init_options *o, int argc, char **argv)
+enum { O_OUT = 256, O_TYPE, O_HIDDEN, O_LAYERS, O_HEADS, O_KV, O_HD, O_INTER, O_VOCAB,
+       O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_STD, O_ESTD, O_FORCE };
+
+static const struct option init_longopts[] = {
+    {"out", required_argument, 0, O_OUT},        {"type", required_argument, 0, O_TYPE},
+    {"hidden", required_argument, 0, O_HIDDEN},  {"layers", required_argument, 0, O_LAYERS},
+    {"heads", required_argument, 0, O_HEADS},    {"kv-heads", required_argument, 0, O_KV},
+    {"head-dim", required_argument, 0, O_HD},    {"intermediate", required_argument, 0, O_INTER},
+    {"vocab", required_argument, 0, O_VOCAB},    {"rope-theta", required_argument, 0, O_THETA},
+    {"tie", no_argument, 0, O_TIE},              {"no-tie", no_argument, 0, O_NOTIE},
+    {"seed", required_argument, 0, O_SEED},      {"dtype", required_argument, 0, O_DTYPE},
+    {"tokenizer", required_argument, 0, O_TOK},  {"max-shard-size", required_argument, 0, O_SHARD},
+    {"init-std", required_argument, 0, O_STD},   {"embed-std", required_argument, 0, O_ESTD},
+    {"force", no_argument, 0, O_FORCE},          {0, 0, 0, 0},
+};
+
+/* The options as given, before the model config is built from them. */
+typedef struct {
+    init_options *o;
+    const char *type;
+    int64_t sizes[7]; /* hidden .. vocab, in enum order */
+    int64_t seed;
+    double theta;
+    int tie;
+} init_parse_state;
+
+/* One option of init-model's own (cli_spec.on_option). */
+static int init_on_option(int c, const char *arg, void *ctx)
 {
-    enum { O_OUT = 256, O_TYPE, O_HIDDEN, O_LAYERS, O_HEADS, O_KV, O_HD, O_INTER, O_VOCAB,
-           O_THETA, O_TIE, O_NOTIE, O_SEED, O_DTYPE, O_TOK, O_SHARD, O_STD, O_ESTD, O_HELP,
-           O_FORCE };
-    static const struct option longopts[] = {
-        {"out", required_argument, 0, O_OUT},        {"type", required_argument, 0, O_TYPE},
-        {"hidden", required_argument, 0, O_HIDDEN},  {"layers", required_argument, 0, O_LAYERS},
-        {"heads", required_argument, 0, O_HEADS},    {"kv-heads", required_argument, 0, O_KV},
-        {"head-dim", required_argument, 0, O_HD},    {"intermediate", required_argument, 0,
-                                                      O_INTER},
-        {"vocab", required_argument, 0, O_VOCAB},    {"rope-theta", required_argument, 0,
-                                                      O_THETA},
-        {"tie", no_argument, 0, O_TIE},              {"no-tie", no_argument, 0, O_NOTIE},
-        {"seed", required_argument, 0, O_SEED},      {"dtype", required_argument, 0, O_DTYPE},
-        {"tokenizer", required_argument, 0, O_TOK},  {"help", no_argument, 0, O_HELP},
-        {"max-shard-size", required_argument, 0, O_SHARD},
-        {"init-std", required_argument, 0, O_STD},   {"embed-std", required_argument, 0, O_ESTD},
-        {"force", no_argument, 0, O_FORCE},
-        {0, 0, 0, 0},
-    };
     static const char *const size_opts[] = {"--hidden", "--layers", "--heads", "--kv-heads",
                                             "--head-dim", "--intermediate", "--vocab"};
-    const char *type = "qwen3";
-    int64_t sizes[7] = {64, 2, 4, 2, 16, 192, 151936}; /* hidden .. vocab, in enum order */
-    int64_t seed = 1;
-    double theta = 1e6;
-    int tie = 1, c, rc = 0;
+    init_parse_state *ps = ctx;
+    init_options *o = ps->o;
+    switch (c) {
+    case O_OUT: o->out = arg; return 0;
+    case O_TYPE: ps->type = arg; return 0;
+    case O_HIDDEN: case O_LAYERS: case O_HEADS: case O_KV: case O_HD: case O_INTER:
+    case O_VOCAB:
+        return init_parse_int(size_opts[c - O_HIDDEN], arg, 1, &ps->sizes[c - O_HIDDEN]);
+    case O_THETA:
+        ps->theta = strtod(arg, NULL);
+        if (!(ps->theta > 0))
+            return err_set(RB_EXIT_INPUT, "--rope-theta needs a positive number, got '%s'",
+                           arg);
+        return 0;
+    case O_TIE: ps->tie = 1; return 0;
+    case O_NOTIE: ps->tie = 0; return 0;
+    case O_SEED: return init_parse_int("--seed", arg, 0, &ps->seed);
+    case O_DTYPE: o->dtype = arg; return 0;
+    case O_TOK: o->tokenizer = arg; return 0;
+    case O_SHARD: return init_parse_size(arg, &o->max_shard_bytes);
+    case O_STD: return init_parse_std("--init-std", arg, &o->init_std);
+    case O_ESTD: return init_parse_std("--embed-std", arg, &o->embed_std);
+    case O_FORCE: o->force = 1; return 0;
+    }
+    return err_set(RB_EXIT_INPUT, "unknown option");
+}
+
+static int init_check_args(init_options *o, const init_parse_state *ps);
+
+/* Parse argv through the shared parser (so -q, --log-level... as in the other commands).
+ * Returns 0 (o->help set after --help), or an exit code with the message printed. */
+static int init_parse_args(init_options *o, int argc, char **argv)
+{
+    init_parse_state ps = {.o = o, .type = "qwen3", .sizes = {64, 2, 4, 2, 16, 192, 151936},
+                           .seed = 1, .theta = 1e6, .tie = 1};
     memset(o, 0, sizeof *o);
     o->dtype = "bf16";
     o->init_std = INIT_STD;
     o->embed_std = -1; /* follows --init-std */
-    optind = 0;
-    opterr = 0;
-    while (!rc && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case O_OUT: o->out = optarg; break;
-        case O_TYPE: type = optarg; break;
-        case O_HIDDEN: case O_LAYERS: case O_HEADS: case O_KV: case O_HD: case O_INTER:
-        case O_VOCAB:
-            rc = init_parse_int(size_opts[c - O_HIDDEN], optarg, 1, &sizes[c - O_HIDDEN]);
-            break;
-        case O_THETA:
-            theta = strtod(optarg, NULL);
-            if (!(theta > 0))
-                rc = err_set(RB_EXIT_INPUT, "init-model: --rope-theta needs a positive number");
-            break;
-        case O_TIE: tie = 1; break;
-        case O_NOTIE: tie = 0; break;
-        case O_SEED: rc = init_parse_int("--seed", optarg, 0, &seed); break;
-        case O_DTYPE: o->dtype = optarg; break;
-        case O_TOK: o->tokenizer = optarg; break;
-        case O_SHARD: rc = init_parse_size(optarg, &o->max_shard_bytes); break;
-        case O_STD: rc = init_parse_std("--init-std", optarg, &o->init_std); break;
-        case O_ESTD: rc = init_parse_std("--embed-std", optarg, &o->embed_std); break;
-        case O_FORCE: o->force = 1; break;
-        case O_HELP: o->help = 1; return 0;
-        default:
-            rc = err_set(RB_EXIT_INPUT, "init-model: unknown or incomplete option '%s'",
-                         argv[optind - 1]);
-        }
+    const cli_spec spec = {
+        .command = "init-model",
+        .usage = "--out DIR [options]",
+        .summary = init_summary,
+        .options_help = init_options_help,
+        .options = init_longopts,
+        .on_option = init_on_option,
+        .ctx = &ps,
+        .no_config = 1,
+    };
+    cli_common cli;
+    int rc = cli_parse_common(argc, argv, &spec, &cli);
+    o->help = cli.help;
+    cli_free(&cli);
+    if (rc || o->help)
+        return rc ? rc : 0;
+    rc = init_check_args(o, &ps);
+    if (rc) {
+        log_error("%s", err_msg());
+        fprintf(stderr, "(rubric init-model --help lists the options)\n");
     }
-    if (rc)
-        return rc;
-    if (optind < argc)
-        return err_set(RB_EXIT_INPUT, "init-model: unexpected argument '%s'", argv[optind]);
+    return rc;
+}
+
+/* The options' values together, then the model config they describe. */
+static int init_check_args(init_options *o, const init_parse_state *ps)
+{
+    const char *type = ps->type;
+    const int64_t *sizes = ps->sizes;
+    int64_t seed = ps->seed;
+    double theta = ps->theta;
+    int tie = ps->tie, rc;
     if (!o->out)
         return err_set(RB_EXIT_INPUT, "init-model: --out DIR is required");
     if (o->embed_std < 0)
@@ -446,6 +479,50 @@ static int init_copy_tokenizer(const init_options *o, const char *src)
 
 /* ---- the command ---- */
 
+/* Remove a file of the folder (a name without '/'); 0, or RB_EXIT_RUNTIME naming it. */
+static int init_remove(const char *dir, const char *name)
+{
+    if (strchr(name, '/'))
+        return 0; /* an index naming a file elsewhere: not this folder's to remove */
+    char *path = xasprintf("%s/%s", dir, name);
+    int rc = unlink(path) != 0 && errno != ENOENT
+                 ? err_set(RB_EXIT_RUNTIME, "--force: cannot remove the old %s: %s", path,
+                           strerror(errno))
+                 : 0;
+    free(path);
+    return rc;
+}
+
+/* --force over an earlier model: its weights go first (the shards the index names, the index,
+ * every *.safetensors), so the folder ends up with one consistent model whatever the earlier
+ * one's sharding was. */
+static int init_remove_old_weights(const char *dir)
+{
+    char *index = xasprintf("%s/model.safetensors.index.json", dir);
+    json_t *root = path_exists(index) ? json_load_file(index, 0, NULL) : NULL;
+    json_t *wm = json_object_get(root, "weight_map"), *v;
+    const char *key;
+    int rc = 0;
+    json_object_foreach(wm, key, v) {
+        if (!rc && json_is_string(v))
+            rc = init_remove(dir, json_string_value(v));
+    }
+    json_decref(root);
+    free(index);
+    if (!rc)
+        rc = init_remove(dir, "model.safetensors.index.json");
+
+    DIR *d = opendir(dir);
+    for (struct dirent *e; !rc && d && (e = readdir(d));) {
+        size_t n = strlen(e->d_name), k = strlen(".safetensors");
+        if (n > k && strcmp(e->d_name + n - k, ".safetensors") == 0)
+            rc = init_remove(dir, e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return rc;
+}
+
 static int init_model_run(const init_options *o)
 {
     /* 1. the tokenizer first, so a missing one fails before anything is written */
@@ -456,8 +533,10 @@ static int init_model_run(const init_options *o)
     if (o->mc.vocab_size < 151669 && !o->tokenizer)
         log_warn("--vocab %d is smaller than the Qwen3 tokenizer's 151669 ids; token ids past "
                  "it will be rejected", o->mc.vocab_size);
-    /* a non-empty folder (a real model, a run's checkpoints) is refused without --force */
-    if ((rc = export_prepare_dir(o->out, NULL, o->force))) {
+    /* a non-empty folder (a real model, a run's checkpoints) is refused without --force, an
+     * unwritable one always (before any work) */
+    if ((rc = export_prepare_dir(o->out, NULL, o->force)) ||
+        (o->force && (rc = init_remove_old_weights(o->out)))) {
         free(tok_dir);
         return rc;
     }
@@ -490,13 +569,10 @@ static int init_model_run(const init_options *o)
 int cmd_init_model(int argc, char **argv)
 {
     init_options o;
-    int rc = init_parse_args(&o, argc, argv);
-    if (!rc && o.help) {
-        init_usage(stdout);
-        return 0;
-    }
-    if (!rc)
-        rc = init_model_run(&o);
+    int rc = init_parse_args(&o, argc, argv); /* errors printed */
+    if (rc || o.help)
+        return rc;
+    rc = init_model_run(&o);
     if (rc) {
         log_error("%s", err_msg());
         if (rc == RB_EXIT_INPUT)

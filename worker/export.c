@@ -216,14 +216,10 @@ const export_tensor *export_adapter_find(const export_adapter *a, int layer, int
 
 /* ---- output folders ------------------------------------------------------------------------ */
 
-int export_prepare_dir(const char *out_dir, const char *marker, int force)
+/* 0 when an existing out_dir may be written into: empty, a previous export of this kind, or
+ * --force; else RB_EXIT_INPUT saying what to do. */
+static int export_check_existing(const char *out_dir, const char *marker, int force)
 {
-    if (path_exists(out_dir) && !path_is_dir(out_dir))
-        return err_set(RB_EXIT_INPUT, "--out %s exists and is not a folder", out_dir);
-    if (!path_exists(out_dir))
-        return mkdir_p(out_dir);
-
-    /* an existing folder: empty, or a previous export of this kind, or --force */
     DIR *d = opendir(out_dir);
     if (!d)
         return err_set(RB_EXIT_INPUT, "--out %s: cannot list the folder", out_dir);
@@ -248,6 +244,23 @@ int export_prepare_dir(const char *out_dir, const char *marker, int force)
                        "replaced)", out_dir, entries, entries == 1 ? "y" : "ies");
     return err_set(RB_EXIT_INPUT, "--out %s is not empty and holds no previous export (no %s); "
                    "choose a new folder, or pass --force to write into it", out_dir, marker);
+}
+
+int export_prepare_dir(const char *out_dir, const char *marker, int force)
+{
+    if (path_exists(out_dir) && !path_is_dir(out_dir))
+        return err_set(RB_EXIT_INPUT, "--out %s exists and is not a folder", out_dir);
+    int rc = path_exists(out_dir) ? export_check_existing(out_dir, marker, force) : 0;
+    if (rc)
+        return rc;
+
+    /* made when missing; a folder that takes no file is refused before any work */
+    char *problem = dir_output_problem(out_dir);
+    if (!problem)
+        return 0;
+    rc = err_set(RB_EXIT_INPUT, "--out %s; give a folder this user can write to", problem);
+    free(problem);
+    return rc;
 }
 
 /* Write a JSON value to path (2-space indent, newline at the end), atomically. */

@@ -59,7 +59,7 @@ const export_tensor *export_adapter_find(const export_adapter *a, int layer, int
 
 /* Refuse to write into out_dir when it is a non-empty folder that does not hold a previous
  * export of this kind (`marker`, e.g. "adapter_config.json"; NULL: any non-empty folder),
- * unless force. Creates it. */
+ * unless force. Creates it, and checks that it takes new files (RB_EXIT_INPUT otherwise). */
 int export_prepare_dir(const char *out_dir, const char *marker, int force);
 
 /* Write the PEFT adapter folder. base_model_name: adapter_config.json's
