@@ -786,8 +786,8 @@ static int split_rows(prep_dataset *ds, const uint64_t *row_hash, const rubric_c
 {
     int64_t n = ds->n_samples, n_val = val_count(cfg->val_set_size, n);
     if (n_val > 0 && n_val >= n)
-        return err_set(RB_EXIT_INPUT, "val_set_size: %g leaves no training rows (%lld rows "
-                       "kept); lower it", cfg->val_set_size, (long long)n);
+        return err_set(RB_EXIT_INPUT, "val_set_size: %g leaves no training rows (%lld "
+                       "row%s kept); lower it", cfg->val_set_size, (long long)n, plural_s(n));
     if (n_val == 0)
         return 0;
     keyed_index *k = xmalloc((size_t)n * sizeof *k);
@@ -1429,8 +1429,9 @@ int prep_schedule_step(prep_schedule *s, int epoch, int64_t step, int worker, in
     if (epoch < 0 || step < 0 || step >= s->steps_per_epoch || worker < 0 ||
         worker >= s->n_workers)
         return err_set(RB_EXIT_INPUT, "schedule: (epoch %d, step %lld, worker %d) is out of "
-                       "range (%lld steps per epoch, %d workers)", epoch, (long long)step,
-                       worker, (long long)s->steps_per_epoch, s->n_workers);
+                       "range (%lld step%s per epoch, %d worker%s)", epoch, (long long)step,
+                       worker, (long long)s->steps_per_epoch, plural_s(s->steps_per_epoch),
+                       s->n_workers, plural_s(s->n_workers));
     schedule_order(s, epoch);
 
     /* this step's bins, padded with empty bins (-1), largest first */
@@ -1865,8 +1866,8 @@ static int reuse_check_strict(const rubric_config *cfg, const prep_stats *st, co
     if (!st->first_reject[0] || k < 0 || k >= cfg->n_datasets || at < 1 ||
         at >= (int)strlen(st->first_reject))
         return -1;
-    log_info("prep: %s matches, but its build skipped %lld bad rows and strict is on",
-             path, (long long)st->rejected_total);
+    log_info("prep: %s matches, but its build skipped %lld bad row%s and strict is on",
+             path, (long long)st->rejected_total, plural_s(st->rejected_total));
 
     /* the file by this config's path (the cache matches content, not names) */
     char *where = xasprintf("%s:%s", cfg->datasets[k].path, st->first_reject + at);
@@ -1882,9 +1883,9 @@ static void warn_rejects(const prep_stats *st, const char *prepared_dir)
         return;
     for (int r = 1; r < PREP_N_REASONS; r++)
         if (st->rejected[r])
-            log_warn("prep: rejected %lld of %lld rows (%s); see %s/rejects.jsonl",
+            log_warn("prep: rejected %lld of %lld row%s (%s); see %s/rejects.jsonl",
                      (long long)st->rejected[r], (long long)st->rows_read,
-                     prep_reason_name(r), prepared_dir);
+                     plural_s(st->rows_read), prep_reason_name(r), prepared_dir);
 }
 
 int prep_cache_path(const rubric_config *cfg, const tokenizer *tk, char **path)

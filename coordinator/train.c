@@ -142,9 +142,10 @@ static int prepare_dataset(trainer *t, char **path)
     tokenizer_free(tk);
     if (rc)
         return err_prefix(rc, "preparing the dataset");
-    log_info("dataset: %s (%s; %" PRId64 " train rows in %" PRId64 " bins, %" PRId64
-             " validation rows, packing %.1f%%)", *path, st.cache_reused ? "cached" : "built",
-             st.train_rows, st.train_bins, st.val_rows, 100.0 * st.packing_efficiency);
+    log_info("dataset: %s (%s; %" PRId64 " train row%s in %" PRId64 " bin%s, %" PRId64
+             " validation row%s, packing %.1f%%)", *path, st.cache_reused ? "cached" : "built",
+             st.train_rows, plural_s(st.train_rows), st.train_bins, plural_s(st.train_bins),
+             st.val_rows, plural_s(st.val_rows), 100.0 * st.packing_efficiency);
     return 0;
 }
 
@@ -331,14 +332,14 @@ static void report_total_steps(const trainer *t, const ckpt_meta *m)
             snprintf(after, sizeof after, "max_steps is now %" PRId64, now);
         else
             snprintf(after, sizeof after, "max_steps is now -1 (from num_epochs)");
-        log_info("%s (the checkpoint's run had %" PRId64 " steps, %s): the run continues to "
+        log_info("%s (the checkpoint's run had %" PRId64 " step%s, %s): the run continues to "
                  "step %" PRId64 "; the learning-rate schedule follows the new length", after,
-                 m->total_steps, before, t->total_steps);
+                 m->total_steps, plural_s(m->total_steps), before, t->total_steps);
         return;
     }
-    log_warn("the checkpoint's run had %" PRId64 " steps, this one has %" PRId64 " (another "
+    log_warn("the checkpoint's run had %" PRId64 " step%s, this one has %" PRId64 " (another "
              "dataset, worker count or batch size?): the schedule and the data order follow "
-             "this run", m->total_steps, t->total_steps);
+             "this run", m->total_steps, plural_s(m->total_steps), t->total_steps);
 }
 
 /* Every rank: load the checkpoint, each its own slice; *start = the steps it had done. */
@@ -448,8 +449,9 @@ static int trim_metrics(const char *mpath, int64_t start)
     if (rc)
         return err_prefix(rc, "rewriting %s", mpath);
     if (dropped)
-        log_info("%s: dropped %" PRId64 " of %" PRId64 " rows past step %" PRId64
-                 " (redone after the checkpoint)", mpath, dropped, lineno, start);
+        log_info("%s: dropped %" PRId64 " of %" PRId64 " row%s past step %" PRId64
+                 " (redone after the checkpoint)", mpath, dropped, lineno, plural_s(lineno),
+                 start);
     return 0;
 }
 
@@ -605,14 +607,16 @@ static void banner(const trainer *t, int64_t start)
     for (int i = 0; i < t->n_table; i++)
         elements += t->table[i].rows * t->table[i].cols;
     log_info("train: %s", where);
-    log_info("train: %" PRId64 " steps (%" PRId64 " per epoch, %" PRId64 " warmup, %s lr %.2e),"
-             " %d workers x %d micro-batches x %d bins per step, ZeRO stage %d",
-             t->total_steps, t->steps_per_epoch, t->warmup_steps,
-             sched_name(t->cfg->lr_scheduler), t->cfg->learning_rate, t->w->n_workers,
-             t->cfg->gradient_accumulation_steps, t->cfg->micro_batch_size,
-             t->cfg->zero_stage);
-    log_info("train: %d LoRA tensors, %s trainable parameters; output in %s%s", t->n_table,
-             with_commas((double)elements, n, sizeof n), t->cfg->output_dir,
+    const rubric_config *cfg = t->cfg;
+    log_info("train: %" PRId64 " step%s (%" PRId64 " per epoch, %" PRId64 " warmup, %s lr "
+             "%.2e), %d worker%s x %d micro-batch%s x %d bin%s per step, ZeRO stage %d",
+             t->total_steps, plural_s(t->total_steps), t->steps_per_epoch, t->warmup_steps,
+             sched_name(cfg->lr_scheduler), cfg->learning_rate, t->w->n_workers,
+             plural_s(t->w->n_workers), cfg->gradient_accumulation_steps,
+             cfg->gradient_accumulation_steps == 1 ? "" : "es", cfg->micro_batch_size,
+             plural_s(cfg->micro_batch_size), cfg->zero_stage);
+    log_info("train: %d LoRA tensor%s, %s trainable parameters; output in %s%s", t->n_table,
+             plural_s(t->n_table), with_commas((double)elements, n, sizeof n), cfg->output_dir,
              start ? " (resumed)" : "");
 }
 
@@ -623,8 +627,9 @@ static int coordinate(trainer *t, int64_t start)
     /* a resumed run that is already complete: nothing to do */
     if (start >= t->total_steps) {
         log_info("train: the checkpoint of step %" PRId64 " already completes this run (%"
-                 PRId64 " steps): nothing to train (score it with `rubric score --adapter`, "
-                 "or raise max_steps / num_epochs to train further)", start, t->total_steps);
+                 PRId64 " step%s): nothing to train (score it with `rubric score --adapter`, "
+                 "or raise max_steps / num_epochs to train further)", start, t->total_steps,
+                 plural_s(t->total_steps));
         stop_workers(t);
         return 0;
     }
@@ -670,7 +675,8 @@ static int coordinate(trainer *t, int64_t start)
         signal(SIGINT, SIG_DFL); /* scoring after training: Ctrl-C ends the process again */
     if (!rc) {
         stop_workers(t);
-        log_info("train: done, %" PRId64 " steps, last loss %.4f", done, t->last_loss);
+        log_info("train: done, %" PRId64 " step%s, last loss %.4f", done, plural_s(done),
+                 t->last_loss);
         t->finished = 1;
     }
     return rc;
