@@ -13,7 +13,9 @@
 # Everything lands in one run folder, named at the end.
 #
 # Environment: SKIP_DEPS=1 skips step 1's apt-get; BUILD_DIR (default build); RUN_DIR (default
-# runs/demo-<date>-<time>); WORKERS (default 2); STEPS (default from the config: 150).
+# runs/demo-<date>-<time>, a new folder each run; one given must be new or empty: an earlier
+# run's folder is refused before anything is done); WORKERS (default 2); STEPS (default from
+# the config: 150).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +26,19 @@ CONFIG=jobs/demo_emobank.yml
 start=$(date +%s)
 
 banner() { printf '\n=== %s\n' "$*"; }
+
+# RUN_DIR: a new or empty folder. An earlier run's (finished or stopped part-way) would mix two
+# runs' model, data cache and checkpoints (and train refuses its checkpoints without --resume),
+# so it is refused here, before anything is installed, built or written.
+if [ -e "$RUN_DIR" ] && { [ ! -d "$RUN_DIR" ] || [ -n "$(ls -A "$RUN_DIR")" ]; }; then
+    echo "demo.sh: error: RUN_DIR=$RUN_DIR already exists and is not an empty folder (an" \
+         "earlier demo run?); choose a new RUN_DIR, or delete that one (rm -rf '$RUN_DIR')," \
+         "or leave RUN_DIR unset for a new runs/demo-<date>-<time>" >&2
+    exit 2
+fi
+if [ "${DEMO_CHECK_ONLY:-0}" = 1 ]; then
+    exit 0 # (tests: the RUN_DIR check alone)
+fi
 
 # 1. dependencies and the build
 if [ "${SKIP_DEPS:-0}" != 1 ]; then
@@ -57,19 +72,20 @@ fi
 # Embeddings at std 0.25 rather than 0.02: the frozen tied embeddings of a random model at 0.02
 # bound its logits to about +-1, so no adapter could lower its loss far below ln(vocab).
 banner "2/4 model: rubric init-model -> $RUN_DIR/model"
-# --force: a RUN_DIR given again gets the same model (same seed) over its own earlier one.
 mkdir -p "$RUN_DIR"
-"$RUBRIC" init-model --force --out "$RUN_DIR/model" --hidden 64 --layers 2 --heads 4 --kv-heads 2 \
+"$RUBRIC" init-model --out "$RUN_DIR/model" --hidden 64 --layers 2 --heads 4 --kv-heads 2 \
     --head-dim 16 --intermediate 192 --embed-std 0.25 --seed 1
 
 # 3. the data
 banner "3/4 data: rubric prep $CONFIG"
 "$RUBRIC" prep "$CONFIG" "${sets[@]}"
 
-# 4. training, then scoring of the held-out rows by the same ranks
+# 4. training, then scoring of the held-out rows by the same ranks. Each rank's stderr (the log)
+# joins its stdout (the metrics table) in the rank itself: mpirun forwards the two streams
+# separately, and their lines would otherwise come out in a different order from run to run.
 banner "4/4 train + score: mpirun -np $((WORKERS + 1)) rubric train $CONFIG"
-mpirun "${mpirun_args[@]}" "$RUBRIC" train "$CONFIG" "${sets[@]}" 2>&1 |
-    tee "$RUN_DIR/train.log"
+mpirun "${mpirun_args[@]}" sh -c 'exec "$0" "$@" 2>&1' "$RUBRIC" train "$CONFIG" "${sets[@]}" \
+    2>&1 | tee "$RUN_DIR/train.log"
 
 elapsed=$(($(date +%s) - start))
 banner "done in $((elapsed / 60))m$((elapsed % 60))s: everything is in $RUN_DIR"
