@@ -80,12 +80,9 @@ mkdir -p "$RUN_DIR"
 banner "3/4 data: rubric prep $CONFIG"
 "$RUBRIC" prep "$CONFIG" "${sets[@]}"
 
-# 4. training, then scoring of the held-out rows by the same ranks. Each rank's stderr (the log)
-# joins its stdout (the metrics table) in the rank itself: mpirun forwards the two streams
-# separately, and their lines would otherwise come out in a different order from run to run.
+# 4. training, then scoring of the held-out rows by the same ranks
 banner "4/4 train + score: mpirun -np $((WORKERS + 1)) rubric train $CONFIG"
-mpirun "${mpirun_args[@]}" sh -c 'exec "$0" "$@" 2>&1' "$RUBRIC" train "$CONFIG" "${sets[@]}" \
-    2>&1 | tee "$RUN_DIR/train.log"
+mpirun "${mpirun_args[@]}" "$RUBRIC" train "$CONFIG" "${sets[@]}" 2>&1 | tee "$RUN_DIR/train.log"
 
 elapsed=$(($(date +%s) - start))
 banner "done in $((elapsed / 60))m$((elapsed % 60))s: everything is in $RUN_DIR"
