@@ -1394,9 +1394,11 @@ static int config_cross_checks(rubric_config *cfg)
         rc = err_set(RB_EXIT_INPUT, "%s: saves_per_epoch and save_steps are both set; keep one",
                      place);
     } else if (cfg->score_min >= cfg->score_max) {
-        place = key_place(cfg, "score_max");
-        rc = err_set(RB_EXIT_INPUT, "%s: score_max (%d) must be above score_min (%d)", place,
-                     cfg->score_max, cfg->score_min);
+        /* the place of the bound that was set (a default has none to name) */
+        int max_default = config_key_line(cfg, "score_max") == 0;
+        place = key_place(cfg, max_default ? "score_min" : "score_max");
+        rc = err_set(RB_EXIT_INPUT, "%s: score_max (%d%s) must be above score_min (%d)", place,
+                     cfg->score_max, max_default ? ", the default" : "", cfg->score_min);
     }
     free(place);
     return rc;

@@ -88,7 +88,7 @@ void progress_start(progress *p, const char *label, int64_t total, const char *u
 static void progress_draw(progress *p, double now, int final)
 {
     double elapsed = now - p->t_start;
-    double rate = elapsed > 0 ? (double)p->done / elapsed : 0;
+    double rate = elapsed > 0 ? (double)(p->done - p->base) / elapsed : 0;
     char eta[32], spent[32];
     format_duration(spent, sizeof spent, elapsed);
     if (p->total > 0 && rate > 0)

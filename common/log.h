@@ -37,6 +37,7 @@ typedef struct {
     const char *unit;
     int64_t total;    /* 0 when unknown */
     int64_t done;
+    int64_t base;     /* done before this run (a resume): left out of the rate */
     double t_start;
     double t_last;
     double interval;  /* seconds between plain lines */

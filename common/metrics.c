@@ -242,9 +242,11 @@ static void print_one(FILE *out, const char *title, const metrics_acc *m, int co
 }
 
 void metrics_print(FILE *out, const metrics_acc *m, const metrics_acc *baseline,
-                   const int *baseline_modes)
+                   const int *baseline_modes, const char *baseline_undefined)
 {
     print_one(out, "model", m, 1);
+    if (!baseline && baseline_undefined)
+        fprintf(out, "\nmajority baseline: undefined: %s\n", baseline_undefined);
     if (!baseline)
         return;
     fprintf(out, "\n");
@@ -329,7 +331,7 @@ static json_t *json_one(const metrics_acc *m, int confusion)
 }
 
 json_t *metrics_to_json(const metrics_acc *m, const metrics_acc *baseline,
-                        const int *baseline_modes)
+                        const int *baseline_modes, const char *baseline_undefined)
 {
     json_t *root = json_one(m, 1);
     json_object_set_new(root, "scores_per_row", json_integer(m->k));
@@ -341,14 +343,22 @@ json_t *metrics_to_json(const metrics_acc *m, const metrics_acc *baseline,
             json_array_append_new(modes, json_integer(baseline_modes[p]));
         json_object_set_new(b, "answers", modes);
         json_object_set_new(root, "majority_baseline", b);
+    } else if (baseline_undefined) {
+        json_object_set_new(root, "majority_baseline", json_null());
+        json_t *undef = json_object_get(root, "undefined");
+        if (!undef) {
+            undef = json_object();
+            json_object_set_new(root, "undefined", undef);
+        }
+        json_object_set_new(undef, "majority_baseline", json_string(baseline_undefined));
     }
     return root;
 }
 
 int metrics_write_json(const char *path, const metrics_acc *m, const metrics_acc *baseline,
-                       const int *baseline_modes)
+                       const int *baseline_modes, const char *baseline_undefined)
 {
-    json_t *root = metrics_to_json(m, baseline, baseline_modes);
+    json_t *root = metrics_to_json(m, baseline, baseline_modes, baseline_undefined);
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     json_decref(root);
     if (!text)

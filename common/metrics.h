@@ -98,16 +98,19 @@ void metrics_baseline_modes(const metrics_acc *m, int *modes);
 int64_t metrics_confusion(const metrics_acc *m, int position, int truth, int pred);
 
 /* A readable table: the overall metrics, then one line per position, then (when baseline is
- * not NULL) the majority baseline next to the model. */
+ * not NULL) the majority baseline next to the model. baseline NULL with baseline_undefined
+ * set: the baseline is reported as undefined, for that reason (a reference set without a
+ * usable row). */
 void metrics_print(FILE *out, const metrics_acc *m, const metrics_acc *baseline,
-                   const int *baseline_modes);
+                   const int *baseline_modes, const char *baseline_undefined);
 
 /* The metrics as JSON: undefined values are null, with their reason in an "undefined" object
- * beside them. baseline may be NULL. */
+ * beside them. baseline may be NULL: with baseline_undefined, "majority_baseline" is null
+ * and the reason is under "undefined"; without, there is no "majority_baseline". */
 json_t *metrics_to_json(const metrics_acc *m, const metrics_acc *baseline,
-                        const int *baseline_modes);
+                        const int *baseline_modes, const char *baseline_undefined);
 /* Write metrics_to_json() to path (atomic). Returns 0 or RB_EXIT_RUNTIME. */
 int metrics_write_json(const char *path, const metrics_acc *m, const metrics_acc *baseline,
-                       const int *baseline_modes);
+                       const int *baseline_modes, const char *baseline_undefined);
 
 #endif

@@ -57,11 +57,12 @@ static const char score_summary[] =
     "status is ok, off_grammar (plain greedy decoding would have left the grammar; the scores\n"
     "are the constrained answer) or bad_row (with \"error\"). It is written as OUTPUT.partial\n"
     "with a journal (OUTPUT.journal) and renamed at the end; after a crash or kill (Ctrl-C or\n"
-    "SIGTERM end it at once, keeping what is written), the same command with --resume goes on\n"
-    "where it stopped. The input must be a regular file (it is read more than once); missing\n"
-    "folders of --output and --metrics are created. When rows have an \"output\", the metrics\n"
-    "(exact match, accuracy, off-by-1, MAE, Pearson, confusion matrices, off-grammar rate, and\n"
-    "the majority baseline) are printed and written to OUTPUT-without-.jsonl.metrics.json.\n"
+    "SIGTERM end it at once with exit 0, keeping what is written), the same command with\n"
+    "--resume goes on where it stopped. The input must be a regular file (it is read more\n"
+    "than once); missing folders of --output and --metrics are created. When rows have an\n"
+    "\"output\", the metrics (exact match, accuracy, off-by-1, MAE, Pearson, confusion\n"
+    "matrices, off-grammar rate, and the majority baseline) are printed and written to\n"
+    "OUTPUT-without-.jsonl.metrics.json.\n"
     "Limitations: scores are single digits (a score range within 0..9); one shared prefix is\n"
     "cached per worker; --adapter takes rubric checkpoints (.h5), not PEFT folders.";
 
@@ -222,14 +223,47 @@ static int resolve_adapter_base(const char *ckpt, rubric_config *ac, const char 
                    "--model DIR (the base model folder)", ckpt, ac->base_model);
 }
 
+/* Where a bound of the score range comes from: --set, the stored config, or the default. */
+static char *range_origin(const rubric_config *c, const char *key, const char *label)
+{
+    int line = config_key_line(c, key);
+    if (line < 0)
+        return xstrdup("--set");
+    return line > 0 ? xasprintf("%s:%d", label, line)
+                    : xasprintf("the default, not in %s", label);
+}
+
 /* The command line's --set assignments on top of a stored config (a checkpoint's, a merged
- * model's): what the user set here wins, as over --config. */
+ * model's): what the user set here wins, as over --config. The score range they give is
+ * checked here, naming where each bound comes from. */
 static int apply_sets(const cli_common *cli, rubric_config *stored, const char *label)
 {
     int rc = 0;
     for (int i = 0; !rc && i < cli->n_sets; i++)
         rc = config_set(stored, cli->sets[i]);
-    return rc ? err_prefix(rc, "%s", label) : 0;
+    if (rc)
+        return err_prefix(rc, "%s", label);
+    if (stored->score_min < stored->score_max)
+        return 0;
+    char *from_min = range_origin(stored, "score_min", label);
+    char *from_max = range_origin(stored, "score_max", label);
+    rc = err_set(RB_EXIT_INPUT, "score_max (%d, from %s) must be above score_min (%d, from %s): "
+                 "give a range with --set score_min=A --set score_max=B, A < B",
+                 stored->score_max, from_max, stored->score_min, from_min);
+    free(from_min);
+    free(from_max);
+    return rc;
+}
+
+/* --print-config: the config scoring uses (rank 0 prints it). */
+static void print_used_config(const rubric_config *used)
+{
+    if (cli_launch_rank() != 0)
+        return;
+    char *yaml = config_to_yaml(used);
+    fputs(yaml, stdout);
+    fflush(stdout);
+    free(yaml);
 }
 
 /* A merged model folder (`rubric merge`) keeps its training config in rubric_config.yml:
@@ -245,7 +279,9 @@ static int merged_model_config(score_options *o, const cli_common *cli)
     int rc = config_load(&mcfg, path, 0);
     if (!rc)
         rc = apply_sets(cli, &mcfg, path);
-    if (!rc) {
+    if (!rc && cli->print_config) {
+        print_used_config(&mcfg);
+    } else if (!rc) {
         const char *model_dir = o->model_dir, *tok = o->tokenizer_dir;
         rc = score_options_from_config(o, &mcfg);
         o->model_dir = model_dir;
@@ -254,22 +290,49 @@ static int merged_model_config(score_options *o, const cli_common *cli)
         if (!rc && cli_launch_rank() == 0)
             log_info("%s: prompt format and score range %d..%d from the merged model's "
                      "training config", path, o->score_min, o->score_max);
-    } else {
+    }
+    if (rc)
         rc = err_prefix(rc, "the merged model's training config (give --config FILE to score "
                         "with another)");
-    }
     config_free(&mcfg);
     free(path);
     return rc;
 }
 
+/* The --set keys go on top of a stored config rather than the defaults: with --adapter (a
+ * checkpoint's training config) or a merged --model (its rubric_config.yml), and no --config.
+ * Resolves a --model hub id on the way. */
+static int sets_go_on_stored(score_cli *sc, const cli_common *cli, int *stored)
+{
+    score_options *o = &sc->o;
+    *stored = 0;
+    if (cli->config_path || o->fake_model)
+        return 0;
+    if (o->adapter) {
+        *stored = 1;
+        return 0;
+    }
+    int rc = resolve_model_arg(&o->model_dir);
+    if (rc || !o->model_dir)
+        return rc;
+    char *path = xasprintf("%s/rubric_config.yml", o->model_dir);
+    *stored = path_exists(path);
+    free(path);
+    return 0;
+}
+
 /* What the command line did not set comes from the config (with --set), else from the
- * adapter's stored config with the --set keys applied on top. */
-static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *cfg)
+ * adapter's stored config with the --set keys applied on top. With --print-config, the config
+ * in use is printed and nothing else resolved. */
+static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *cfg, int stored)
 {
     score_options *o = &sc->o;
     score_options cl = *o;
     int rc = 0;
+    if (cli->print_config && !stored) {
+        print_used_config(cfg);
+        return 0;
+    }
     if (!o->fake_model)
         rc = resolve_model_arg(&o->model_dir);
     cl.model_dir = o->model_dir;
@@ -282,8 +345,15 @@ static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *
     if (!rc && o->adapter && !o->fake_model) {
         rubric_config ac;
         rc = scorer_adapter_config(o->adapter, &ac);
+        char *label = xasprintf("%s's stored config", o->adapter);
         if (!rc && !cfg->config_path)
-            rc = apply_sets(cli, &ac, o->adapter);
+            rc = apply_sets(cli, &ac, label);
+        free(label);
+        if (!rc && cli->print_config) {
+            print_used_config(&ac);
+            config_free(&ac);
+            return 0;
+        }
         if (!rc && !cfg->config_path) {
             /* no --config: the checkpoint's training config decides format and range */
             const char *model_dir = o->model_dir;
@@ -306,7 +376,7 @@ static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *
     }
     if (!rc && cl.model_dir && !o->adapter && !cfg->config_path && !o->fake_model)
         rc = merged_model_config(o, cli);
-    if (rc)
+    if (rc || cli->print_config)
         return rc;
     if (cl.model_dir)
         o->model_dir = cl.model_dir;
@@ -317,19 +387,21 @@ static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *
     return 0;
 }
 
-/* Ctrl-C or SIGTERM while scoring: say how to continue, then end as the signal would (the
- * journal keeps every committed chunk; nothing else needs saving). Rank 0 only. */
+/* Ctrl-C or SIGTERM while scoring: say how to continue and stop. The journal keeps every
+ * committed chunk, so the stop is a save, as a stopped `rubric train` is: exit 0 (1 when it
+ * came before the output was opened: nothing was written). Rank 0 only. */
 static void on_stop_signal(int sig)
 {
     static const char msg[] = "\nrubric score: interrupted; the rows written so far are kept: "
                               "run the same command with --resume to continue\n";
     static const char early[] = "\nrubric score: interrupted before the output was opened; "
                                 "nothing was written\n";
-    ssize_t unused = score_output_open ? write(STDERR_FILENO, msg, sizeof msg - 1)
-                                       : write(STDERR_FILENO, early, sizeof early - 1);
+    int saved = score_output_open;
+    ssize_t unused = saved ? write(STDERR_FILENO, msg, sizeof msg - 1)
+                           : write(STDERR_FILENO, early, sizeof early - 1);
     (void)unused;
-    signal(sig, SIG_DFL);
-    raise(sig);
+    (void)sig;
+    _exit(saved ? 0 : RB_EXIT_RUNTIME);
 }
 
 static int run_metrics_only(const score_options *o)
@@ -369,14 +441,41 @@ int cmd_score(int argc, char **argv)
         .max_args = 0,
     };
     cli_common cli;
-    rubric_config cfg;
-    int done = 0;
-    int rc = cli_begin(argc, argv, &spec, &cli, &cfg, &done);
-    if (done)
+    int rc = cli_parse_common(argc, argv, &spec, &cli);
+    if (rc || cli.help) {
+        cli_free(&cli);
         return rc;
+    }
+
+    /* the config: --config or the defaults, with --set unless they go on a stored config
+     * (resolve_options applies them there); --print-config prints the one in use */
+    int stored = 0;
+    rc = sets_go_on_stored(&sc, &cli, &stored);
+    if (rc) {
+        if (cli_launch_rank() == 0)
+            log_error("%s", err_msg());
+        cli_free(&cli);
+        return rc;
+    }
+    cli_common base = cli;
+    base.print_config = 0;
+    if (stored)
+        base.n_sets = 0;
+    rubric_config cfg;
+    rc = cli_load_config(&base, &cfg);
+    if (rc) {
+        config_free(&cfg);
+        cli_free(&cli);
+        return rc;
+    }
 
     world w;
-    rc = resolve_options(&sc, &cli, &cfg);
+    rc = resolve_options(&sc, &cli, &cfg, stored);
+    if (!rc && cli.print_config) {
+        config_free(&cfg);
+        cli_free(&cli);
+        return 0;
+    }
     if (!rc)
         rc = world_init(&w, &argc, &argv);
     if (!rc) {

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -641,9 +642,9 @@ static int coord_skip_rows(score_coord *c, int64_t rows)
         if (got < 0)
             return RB_EXIT_RUNTIME;
         if (got == 0)
-            return err_set(RB_EXIT_INPUT, "%s: has %lld lines, but the journal says %lld were "
-                           "scored; was the input changed? drop --resume to start over",
-                           c->o->input, (long long)i, (long long)rows);
+            return err_set(RB_EXIT_INPUT, "%s: has %lld line%s, but the journal says %lld "
+                           "were scored; was the input changed? drop --resume to start over",
+                           c->o->input, (long long)i, i == 1 ? "" : "s", (long long)rows);
     }
     c->next_row = rows;
     c->next_chunk = c->next_write = rows / c->o->chunk_rows;
@@ -670,7 +671,8 @@ static int coord_resume(score_coord *c, const char *header)
         return err_set(RB_EXIT_RUNTIME, "%s: cannot open for appending: %s", c->partial_path,
                        strerror(errno));
     c->out_bytes = bytes;
-    log_info("resuming %s: %lld rows already scored", c->o->output, (long long)rows);
+    log_info("resuming %s: %lld row%s already scored", c->o->output, (long long)rows,
+             rows == 1 ? "" : "s");
     return coord_skip_rows(c, rows);
 }
 
@@ -716,6 +718,7 @@ static int coord_open(score_coord *c, const score_options *o, int k, int n_worke
         score_output_open = 1;
     c->t_start = now_seconds();
     progress_start(&c->prog, "scoring", 0, "rows");
+    c->prog.base = c->rows_written; /* the rate counts this run's rows only */
     progress_update(&c->prog, c->rows_written);
     return rc;
 }
@@ -912,9 +915,9 @@ static void coord_wait_result(const score_coord *c, const worker_slot *ws, int w
             if (!ws[w].busy || now - ws[w].since <= limit)
                 continue;
             const chunk_header *h = &ws[w].held;
-            rb_die(RB_EXIT_RUNTIME, "rank %d has sent nothing for %.0f s while holding chunk "
-                   "%lld (rows %lld..%lld of %s), past its limit of %.0f s (--worker-timeout "
-                   "%.0f + 5 x the slowest chunk so far, %.1f s; a worker's first chunk: at "
+            rb_die(RB_EXIT_RUNTIME, "rank %d has sent nothing for %.1f s while holding chunk "
+                   "%lld (rows %lld..%lld of %s), past its limit of %.1f s (--worker-timeout "
+                   "%g + 5 x the slowest chunk so far, %.1f s; a worker's first chunk: at "
                    "least %.0f s): it died or hangs (see its log); stopping the job. The rows "
                    "written so far are kept: run the same command with --resume to continue",
                    w, now - ws[w].since, (long long)h->chunk_id, (long long)h->first_row,
@@ -1037,10 +1040,11 @@ static int infer_k_from(const char *path, int lo, int hi, int *k)
         return err_set(RB_EXIT_INPUT, "%s has no rows (it is empty or only blank lines)", path);
     if (*k == 0 && out_of_range > 0)
         return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: no row's "
-                       "\"output\" is scores within %d..%d (%lld rows have scores outside it, "
+                       "\"output\" is scores within %d..%d (%lld row%s scores outside it, "
                        "the first at line %lld); set score_min/score_max (e.g. --set "
                        "score_max=9) or give --num-scores K", path, lo, hi,
-                       (long long)out_of_range, (long long)first_out);
+                       (long long)out_of_range, out_of_range == 1 ? " has" : "s have",
+                       (long long)first_out);
     if (*k == 0)
         return err_set(RB_EXIT_INPUT, "%s: cannot tell how many scores a row has: %s; give "
                        "--num-scores K", path, labelled ? "no row's \"output\" is integer "
@@ -1061,6 +1065,25 @@ static int infer_k(const score_options *o, int *k)
     return rc;
 }
 
+/* A path whose folders include something that is not one (a file): an error naming it. */
+static int check_folders_are_folders(const char *path, const char *what)
+{
+    char *p = xstrdup(path);
+    int rc = 0;
+    for (char *s = p + 1; !rc && *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        struct stat st;
+        if (stat(p, &st) == 0 && !S_ISDIR(st.st_mode))
+            rc = err_set(RB_EXIT_INPUT, "%s %s: %s is a file, not a folder: give a path in a "
+                         "folder (or move the file)", what, path, p);
+        *s = '/';
+    }
+    free(p);
+    return rc;
+}
+
 /* --input must be a readable file, --output must not be a folder nor the input itself (the
  * predictions would replace the rows), and neither may be the output's side files. */
 /* A file this run will write: not a directory, its folder made and writable. */
@@ -1068,6 +1091,9 @@ static int check_writable(const char *path, const char *what)
 {
     if (path_is_dir(path))
         return err_set(RB_EXIT_INPUT, "%s %s is a directory: give a file name", what, path);
+    int bad = check_folders_are_folders(path, what);
+    if (bad)
+        return bad;
     char *dir = xstrdup(path);
     const char *d = dirname(dir);
     int rc = mkdir_p(d);
@@ -1112,6 +1138,8 @@ int score_check_metrics_path(const score_options *o)
                      mpath);
     else if (path_is_dir(mpath))
         rc = err_set(RB_EXIT_INPUT, "--metrics %s is a directory: give a file name", mpath);
+    else
+        rc = check_folders_are_folders(mpath, "--metrics");
     free(mpath);
     free(partial);
     free(journal);
@@ -1137,6 +1165,9 @@ static int check_paths(const score_options *o)
     if (path_is_dir(o->output))
         return err_set(RB_EXIT_INPUT, "--output %s is a directory: give a file name (e.g. "
                        "%s/preds.jsonl)", o->output, o->output);
+    rc = check_folders_are_folders(o->output, "--output");
+    if (rc)
+        return rc;
     if (same_path(o->input, o->output))
         return err_set(RB_EXIT_INPUT, "--output %s is the input file: the predictions would "
                        "replace the rows; give another --output", o->output);
@@ -1182,10 +1213,11 @@ static int check_complete_resume(const score_options *o)
     if (n_in < 0 || n_out < 0)
         return err_prefix(RB_EXIT_INPUT, "--resume");
     if (n_in != n_out)
-        return err_set(RB_EXIT_INPUT, "--resume: %s is a finished run of %lld rows, but %s has "
-                       "%lld lines: it was made from another input; drop --resume to score "
-                       "%s again (or give another --output)", o->output, (long long)n_out,
-                       o->input, (long long)n_in, o->input);
+        return err_set(RB_EXIT_INPUT, "--resume: %s is a finished run of %lld row%s, but %s "
+                       "has %lld line%s: it was made from another input; drop --resume to "
+                       "score %s again (or give another --output)", o->output,
+                       (long long)n_out, n_out == 1 ? "" : "s", o->input, (long long)n_in,
+                       n_in == 1 ? "" : "s", o->input);
     struct stat si, so;
     if (stat(o->input, &si) == 0 && stat(o->output, &so) == 0 && si.st_mtime > so.st_mtime)
         return err_set(RB_EXIT_INPUT, "--resume: %s changed after %s was finished: drop "
@@ -1272,8 +1304,10 @@ typedef struct {
 } truth_problems;
 
 /* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
- * -1 when the line is not ours; *row its "row" (-1 without one). */
-static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64_t *row)
+ * -1 when the line is not ours, -2 when it has *n_scores scores where k are due; *row its
+ * "row" (-1 without one). */
+static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64_t *row,
+                   size_t *n_scores)
 {
     json_t *obj = json_loads(line, 0, NULL);
     if (!obj)
@@ -1283,7 +1317,10 @@ static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64
     const char *status = json_string_value(json_object_get(obj, "status"));
     json_t *arr = json_object_get(obj, "scores");
     int rc = status && strcmp(status, "bad_row") == 0 ? 0 : -1;
-    if (status && rc && json_array_size(arr) == (size_t)k) {
+    *n_scores = json_array_size(arr);
+    if (status && rc && json_is_array(arr) && *n_scores != (size_t)k && *n_scores > 0)
+        rc = -2;
+    else if (status && rc && *n_scores == (size_t)k) {
         for (int i = 0; i < k; i++)
             scores[i] = (int)json_integer_value(json_array_get(arr, (size_t)i));
         *off_grammar = strcmp(status, "off_grammar") == 0;
@@ -1293,8 +1330,10 @@ static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64
     return rc;
 }
 
-/* The reference histograms for the majority baseline: every truth of a file. */
-static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, int64_t *n)
+/* The reference histograms for the majority baseline: every truth of a file; *n the rows
+ * with a usable truth, *with_output those with an "output" at all. */
+static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, int64_t *n,
+                          int64_t *with_output)
 {
     metrics_acc ref;
     int rc = metrics_init(&ref, k, lo, hi);
@@ -1304,9 +1343,13 @@ static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, i
     if (rc)
         return rc;
     int t[METRICS_MAX_K];
-    while (jsonl_next(&r) > 0)
-        if (truth_of(r.line, r.len, k, lo, hi, t) == 1)
+    *with_output = 0;
+    while (jsonl_next(&r) > 0) {
+        int got = truth_of(r.line, r.len, k, lo, hi, t);
+        *with_output += got == 1 || got == -2;
+        if (got == 1)
             metrics_add_row(&ref, t, t, 0);
+    }
     *n = ref.counts[METRICS_ROWS];
     metrics_baseline_modes(&ref, modes);
     jsonl_close(&r);
@@ -1326,13 +1369,23 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
     int t[METRICS_MAX_K], p[METRICS_MAX_K], og = 0;
     while (!rc && jsonl_next(&in) > 0) {
         if (jsonl_next(&pr) <= 0) {
-            rc = err_set(RB_EXIT_RUNTIME, "%s: fewer lines than %s", preds_path, o->input);
+            rc = err_set(RB_EXIT_INPUT, "%s has %lld line%s, fewer than %s: these predictions "
+                         "are not of this input, or their run did not finish (finish it with "
+                         "--resume, or score the input again)", preds_path,
+                         (long long)(in.lineno - 1), in.lineno == 2 ? "" : "s", o->input);
             break;
         }
         int have_truth = truth_of(in.line, in.len, m->k, m->score_min, m->score_max, t);
         int64_t row = -1;
-        int have_pred = pred_of(pr.line, m->k, p, &og, &row);
-        if (have_pred < 0)
+        size_t n_scores = 0;
+        int have_pred = pred_of(pr.line, m->k, p, &og, &row, &n_scores);
+        if (have_pred == -2)
+            rc = err_set(RB_EXIT_INPUT, "%s:%lld: the prediction has %zu score%s, where K is %d "
+                         "(--num-scores, else inferred from the input): give the --num-scores "
+                         "these predictions were made with (--num-scores %zu)", preds_path,
+                         (long long)pr.lineno, n_scores, n_scores == 1 ? "" : "s", m->k,
+                         n_scores);
+        else if (have_pred < 0)
             rc = err_set(RB_EXIT_INPUT, "%s:%lld: not a prediction line", preds_path,
                          (long long)pr.lineno);
         else if (row != in.lineno - 1)
@@ -1388,11 +1441,16 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
     if (rc)
         return rc;
     int modes[METRICS_MAX_K];
-    int64_t n_ref;
+    int64_t n_ref, ref_outputs;
     const char *ref = o->baseline_from ? o->baseline_from : o->input;
-    rc = baseline_modes(ref, k, o->score_min, o->score_max, modes, &n_ref);
+    rc = baseline_modes(ref, k, o->score_min, o->score_max, modes, &n_ref, &ref_outputs);
     if (rc)
         return err_prefix(rc, "majority baseline");
+    /* a reference with no usable truth gives no baseline (not one of made-up answers) */
+    char why[PATH_MAX + 128] = "";
+    if (n_ref == 0)
+        snprintf(why, sizeof why, "no row of %s has an \"output\" of %d score%s in %d..%d", ref,
+                 k, k == 1 ? "" : "s", o->score_min, o->score_max);
     metrics_acc m, base;
     metrics_init(&m, k, o->score_min, o->score_max);
     metrics_init(&base, k, o->score_min, o->score_max);
@@ -1401,13 +1459,29 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
     *labelled = m.counts[METRICS_ROWS] > 0;
     if (!rc)
         log_truth_problems(o->input, &m, &tp);
+    if (!rc && *labelled && n_ref == 0) {
+        char seen[96];
+        if (ref_outputs > 0)
+            snprintf(seen, sizeof seen, "%lld row%s an \"output\" of another shape or range",
+                     (long long)ref_outputs, ref_outputs == 1 ? " has" : "s have");
+        else
+            snprintf(seen, sizeof seen, "no row has an \"output\"");
+        log_warn("%s: no row has an \"output\" of %d score%s in %d..%d (%s): the majority "
+                 "baseline is undefined; check --baseline-from, --num-scores and "
+                 "score_min/score_max", ref, k, k == 1 ? "" : "s", o->score_min, o->score_max,
+                 seen);
+    }
     if (!rc && *labelled) {
-        metrics_print(stdout, &m, &base, modes);
+        const metrics_acc *b = n_ref > 0 ? &base : NULL;
+        const char *b_why = n_ref > 0 ? NULL : why;
+        metrics_print(stdout, &m, b, modes, b_why);
         fflush(stdout);
-        rc = metrics_write_json(metrics_path, &m, &base, modes);
-        if (!rc)
-            log_info("metrics: %s (majority baseline from %s, %lld rows)", metrics_path, ref,
-                     (long long)n_ref);
+        rc = metrics_write_json(metrics_path, &m, b, modes, b_why);
+        if (!rc && n_ref > 0)
+            log_info("metrics: %s (majority baseline from %s, %lld row%s)", metrics_path, ref,
+                     (long long)n_ref, n_ref == 1 ? "" : "s");
+        else if (!rc)
+            log_info("metrics: %s (majority baseline undefined: %s)", metrics_path, why);
     } else if (!rc) {
         log_info("no row has a usable \"output\": no metrics");
         /* a metrics file of an earlier run would now describe other predictions */
@@ -1428,8 +1502,9 @@ static void log_summary(const score_coord *c, int n_workers)
     double secs = now_seconds() - c->t_start;
     int64_t done = c->n_ok + c->n_off_grammar + c->n_bad;
     double rate = secs > 0 ? (double)done / secs : 0;
-    log_info("scored %lld rows in %.1f s (%.1f rows/s on %d worker%s): %lld ok, %lld "
-             "off-grammar, %lld bad", (long long)done, secs, rate, n_workers,
+    log_info("scored %lld row%s in %.1f s (%.1f rows/s on %d worker%s): %lld ok, %lld "
+             "off-grammar, %lld bad", (long long)done, done == 1 ? "" : "s", secs, rate,
+             n_workers,
              n_workers == 1 ? "" : "s", (long long)c->n_ok, (long long)c->n_off_grammar,
              (long long)c->n_bad);
     if (c->o->gpu_hour_cost > 0 && rate > 0)
@@ -1548,9 +1623,10 @@ int score_run(const score_options *o)
         return setup[0];
     int k = setup[1];
     if (rank == 0)
-        log_info("scoring %s -> %s: %d scores per row in %d..%d, %d worker%s, chunks of %d "
-                 "rows%s", o->input, o->output, k, o->score_min, o->score_max,
+        log_info("scoring %s -> %s: %d score%s per row in %d..%d, %d worker%s, chunks of %d "
+                 "row%s%s", o->input, o->output, k, k == 1 ? "" : "s", o->score_min, o->score_max,
                  RB_MAX(world - 1, 1), world > 2 ? "s" : "", o->chunk_rows,
+                 o->chunk_rows == 1 ? "" : "s",
                  o->fake_model ? " (fake model)" : "");
 
     /* the workers (or the single process) load the model; rank 0 opens the output only once

@@ -200,7 +200,7 @@ Test(metrics, json_has_null_with_reason_and_round_trips)
     int t[2] = {3, 1}, p[2] = {3, 2};
     metrics_add_row(&m, t, p, 1);
     metrics_add_row(&m, t, p, 0);
-    json_t *j = metrics_to_json(&m, &m, t);
+    json_t *j = metrics_to_json(&m, &m, t, NULL);
     cr_assert(json_is_null(json_object_get(j, "pearson")));
     json_t *undef = json_object_get(j, "undefined");
     cr_assert_str_eq(json_string_value(json_object_get(undef, "pearson")), "fewer than 3 rows");

@@ -538,3 +538,89 @@ Test(score_model, a_broken_model_under_mpirun_leaves_nothing, .timeout = 300)
     cr_assert(access(out, F_OK) != 0);
     st_rm_rf(dir);
 }
+
+/* --print-config prints the config scoring uses: an adapter's stored config with --set on
+ * top, a merged model's rubric_config.yml with --set on top, or --config then --set. */
+Test(score_model, print_config_shows_the_config_scoring_uses, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
+    char *in = write_rows(dir, 3), *out = st_path(dir, "p.jsonl");
+    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
+    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
+    char *cdir = st_path(dir, "ckpt");
+    char *mk[] = {(char *)tool, "make-ckpt", "--model", mdir, "--out", cdir, "--r", "4", NULL};
+    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
+    char *ckpt = st_path(cdir, "checkpoint-1.h5");
+
+    unlink(log);
+    char *a1[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
+                  "--set", "score_max=3", "--print-config", NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 0, "see %s", log);
+    char want[600];
+    snprintf(want, sizeof want, "base_model: %s\n", mdir);
+    cr_assert(log_contains(log, want), "not the checkpoint's base model; see %s", log);
+    cr_assert(log_contains(log, "\nlora_r: 4\n"), "not the checkpoint's config; see %s", log);
+    cr_assert(log_contains(log, "\nscore_max: 3\n"), "--set is missing; see %s", log);
+    cr_assert(access(out, F_OK) != 0, "--print-config scored the rows");
+
+    /* a merged model's rubric_config.yml, then --set */
+    unlink(log);
+    char *rc_yml = st_path(mdir, "rubric_config.yml");
+    FILE *f = fopen(rc_yml, "w");
+    cr_assert(f);
+    fprintf(f, "base_model: %s\nscore_max: 7\nlora_r: 12\n", mdir);
+    fclose(f);
+    char *a2[] = {(char *)st_bin(), "score", "--model", mdir, "--input", in, "--output", out,
+                  "--set", "score_min=2", "--print-config", NULL};
+    cr_assert_eq(st_run(a2, log, NULL), 0, "see %s", log);
+    cr_assert(log_contains(log, "\nlora_r: 12\n"), "not rubric_config.yml; see %s", log);
+    cr_assert(log_contains(log, "\nscore_min: 2\n") && log_contains(log, "\nscore_max: 7\n"),
+              "see %s", log);
+
+    /* --config replaces the stored config; --set on top of it */
+    unlink(log);
+    char *cfg = st_path(dir, "c.yml");
+    f = fopen(cfg, "w");
+    cr_assert(f);
+    fprintf(f, "score_max: 4\nlora_r: 6\n");
+    fclose(f);
+    char *a3[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--config", cfg, "--input", in,
+                  "--output", out, "--set", "score_min=1", "--print-config", NULL};
+    cr_assert_eq(st_run(a3, log, NULL), 0, "see %s", log);
+    cr_assert(log_contains(log, "\nlora_r: 6\n") && log_contains(log, "\nscore_min: 1\n") &&
+              log_contains(log, "\nscore_max: 4\n"), "see %s", log);
+    st_rm_rf(dir);
+}
+
+/* --set score_min over an adapter's stored config: checked against the stored score_max (not
+ * the defaults'), and an error names where each bound comes from. */
+Test(score_model, set_score_range_over_an_adapter_names_its_origin, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
+    char *in = write_rows(dir, 3), *out = st_path(dir, "p.jsonl");
+    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
+    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
+    char *cdir = st_path(dir, "ckpt");
+    char *mk[] = {(char *)tool, "make-ckpt", "--model", mdir, "--out", cdir, "--r", "4", NULL};
+    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
+    char *ckpt = st_path(cdir, "checkpoint-1.h5");
+
+    unlink(log);
+    char *a1[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
+                  "--set", "score_min=6", NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 2, "see %s", log);
+    cr_assert(!log_contains(log, "<defaults>"), "see %s", log);
+    char want[600];
+    snprintf(want, sizeof want, "score_max (5, from %s's stored config", ckpt);
+    cr_assert(log_contains(log, want), "no '%s'; see %s", want, log);
+    cr_assert(log_contains(log, "score_min (6, from --set)"), "see %s", log);
+
+    /* both bounds set: the defaults' score_max (5) is not in the way */
+    unlink(log);
+    char *a2[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
+                  "--set", "score_min=6", "--set", "score_max=9", "--print-config", NULL};
+    cr_assert_eq(st_run(a2, log, NULL), 0, "see %s", log);
+    cr_assert(log_contains(log, "\nscore_min: 6\n") && log_contains(log, "\nscore_max: 9\n"),
+              "see %s", log);
+    st_rm_rf(dir);
+}
