@@ -57,7 +57,7 @@ static const char score_summary[] =
     "status is ok, off_grammar (plain greedy decoding would have left the grammar; the scores\n"
     "are the constrained answer) or bad_row (with \"error\"). It is written as OUTPUT.partial\n"
     "with a journal (OUTPUT.journal) and renamed at the end; after a crash or kill (Ctrl-C or\n"
-    "SIGTERM end it at once with exit 0, keeping what is written), the same command with\n"
+    "SIGTERM end it at once with exit 1, keeping what is written), the same command with\n"
     "--resume goes on where it stopped. The input must be a regular file (it is read more\n"
     "than once); missing folders of --output and --metrics are created. When rows have an\n"
     "\"output\", the metrics (exact match, accuracy, off-by-1, MAE, Pearson, confusion\n"
@@ -388,8 +388,8 @@ static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *
 }
 
 /* Ctrl-C or SIGTERM while scoring: say how to continue and stop. The journal keeps every
- * committed chunk, so the stop is a save, as a stopped `rubric train` is: exit 0 (1 when it
- * came before the output was opened: nothing was written). Rank 0 only. */
+ * committed chunk, but the output is not complete, so the exit code is 1 (a runtime failure:
+ * a script that goes on only after success must not use it). Rank 0 only. */
 static void on_stop_signal(int sig)
 {
     static const char msg[] = "\nrubric score: interrupted; the rows written so far are kept: "
@@ -401,7 +401,7 @@ static void on_stop_signal(int sig)
                            : write(STDERR_FILENO, early, sizeof early - 1);
     (void)unused;
     (void)sig;
-    _exit(saved ? 0 : RB_EXIT_RUNTIME);
+    _exit(RB_EXIT_RUNTIME); /* the output is not complete: a script must not go on with it */
 }
 
 static int run_metrics_only(const score_options *o)

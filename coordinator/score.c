@@ -1427,10 +1427,12 @@ static void log_truth_problems(const char *input, const metrics_acc *m, const tr
                  "scores in %d..%d (first: line %lld: %s); check --num-scores and the score "
                  "range (score_min/score_max)", input, (long long)tp->n, tp->n == 1 ? "" : "s",
                  m->k, m->score_min, m->score_max, (long long)tp->first_line, tp->why);
-    log_info("metrics rows: %lld compared with their \"output\", %lld bad (%lld bad input "
-             "rows or predictions, %lld unusable \"output\"), %lld without \"output\"",
-             (long long)m->counts[METRICS_ROWS], bad, bad - (long long)tp->n, (long long)tp->n,
-             (long long)m->counts[METRICS_UNLABELLED]);
+    /* on stdout, the metrics table's stream: under mpirun the two streams are forwarded apart,
+     * and this line belongs before the table */
+    printf("metrics rows: %lld compared with their \"output\", %lld bad (%lld bad input "
+           "rows or predictions, %lld unusable \"output\"), %lld without \"output\"\n",
+           (long long)m->counts[METRICS_ROWS], bad, bad - (long long)tp->n, (long long)tp->n,
+           (long long)m->counts[METRICS_UNLABELLED]);
 }
 
 int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,

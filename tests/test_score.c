@@ -620,7 +620,7 @@ Test(score, sigterm_says_how_to_resume, .timeout = 120)
     st_wait_for_text(log, "chunks of 16 rows", 1, 60);
     usleep(500000);
     cr_assert_eq(kill(pid, SIGTERM), 0);
-    cr_assert_eq(st_wait(pid, NULL), 0, "see %s", log);
+    cr_assert_eq(st_wait(pid, NULL), RB_EXIT_RUNTIME, "see %s", log);
     cr_assert(log_has(log, "--resume to continue"), "see %s", log);
     cr_assert(access(journal, F_OK) == 0);
     cr_assert_eq(run_score(0, in, out, log, 1, 0, NULL), 0, "see %s", log);
