@@ -470,17 +470,24 @@ static int assert_scores_within(const char *out, int lo, int hi)
     return rows;
 }
 
+/* A rubric checkpoint (LoRA r 4) for the model in mdir, written under dir by export_tool. */
+static char *make_ckpt(const char *dir, const char *mdir, const char *log)
+{
+    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
+    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
+    char *cdir = st_path(dir, "ckpt");
+    char *mk[] = {(char *)tool, "make-ckpt", "--model", (char *)mdir, "--out", cdir, "--r", "4",
+                  NULL};
+    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
+    return st_path(cdir, "checkpoint-1.h5");
+}
+
 /* --set on top of an adapter's stored config (no --config): the key set here wins. */
 Test(score_model, set_applies_on_top_of_the_adapters_stored_config, .timeout = 300)
 {
     char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
     char *in = write_rows(dir, 12), *out = st_path(dir, "p.jsonl");
-    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
-    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
-    char *cdir = st_path(dir, "ckpt");
-    char *mk[] = {(char *)tool, "make-ckpt", "--model", mdir, "--out", cdir, "--r", "4", NULL};
-    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
-    char *ckpt = st_path(cdir, "checkpoint-1.h5");
+    char *ckpt = make_ckpt(dir, mdir, log);
 
     /* the stored config's range (0..5), then --set score_max=3 over it */
     char *plain[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
@@ -545,12 +552,7 @@ Test(score_model, print_config_shows_the_config_scoring_uses, .timeout = 300)
 {
     char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
     char *in = write_rows(dir, 3), *out = st_path(dir, "p.jsonl");
-    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
-    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
-    char *cdir = st_path(dir, "ckpt");
-    char *mk[] = {(char *)tool, "make-ckpt", "--model", mdir, "--out", cdir, "--r", "4", NULL};
-    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
-    char *ckpt = st_path(cdir, "checkpoint-1.h5");
+    char *ckpt = make_ckpt(dir, mdir, log);
 
     unlink(log);
     char *a1[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
@@ -598,12 +600,7 @@ Test(score_model, set_score_range_over_an_adapter_names_its_origin, .timeout = 3
 {
     char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
     char *in = write_rows(dir, 3), *out = st_path(dir, "p.jsonl");
-    const char *tool = getenv("RUBRIC_EXPORT_TOOL");
-    cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
-    char *cdir = st_path(dir, "ckpt");
-    char *mk[] = {(char *)tool, "make-ckpt", "--model", mdir, "--out", cdir, "--r", "4", NULL};
-    cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
-    char *ckpt = st_path(cdir, "checkpoint-1.h5");
+    char *ckpt = make_ckpt(dir, mdir, log);
 
     unlink(log);
     char *a1[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--input", in, "--output", out,
