@@ -79,7 +79,7 @@ typedef struct {
 typedef struct {
     char *dump;
     size_t dump_cap;
-    pcre2_match_data *md;
+    prep_score_shape *shape;
     prompt_cache cache;
 } thread_scratch;
 
@@ -116,27 +116,65 @@ static void hash_row(row_slot *r, thread_scratch *ts)
     r->hash = XXH3_128bits(ts->dump, n);
 }
 
-/* Classify the output as scores: the shape (PCRE2) first, then the range and the count. */
-static void classify_score(row_slot *r, const pcre2_code *re, thread_scratch *ts,
-                           int score_min, int score_max)
+/* ---- the score shape: ^[0-9]+( [0-9]+)*$ (PCRE2), then the range and the count ---- */
+
+struct prep_score_shape {
+    pcre2_code *re;
+    pcre2_match_data *md;
+};
+
+prep_score_shape *prep_score_shape_new(void)
 {
-    const char *o = r->field[2];
-    size_t n = r->field_len[2];
-    r->score_kind = SCORE_NOT;
-    r->n_scores = 0;
-    if (pcre2_match(re, (PCRE2_SPTR)o, n, 0, 0, ts->md, NULL) < 0)
+    int errcode;
+    PCRE2_SIZE erroff;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR) "^[0-9]+( [0-9]+)*\\z", PCRE2_ZERO_TERMINATED,
+                                   0, &errcode, &erroff, NULL);
+    if (!re) {
+        err_set(RB_EXIT_RUNTIME, "cannot compile the score pattern");
+        return NULL;
+    }
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    prep_score_shape *sh = xcalloc(1, sizeof *sh);
+    sh->re = re;
+    sh->md = pcre2_match_data_create_from_pattern(re, NULL);
+    return sh;
+}
+
+void prep_score_shape_free(prep_score_shape *sh)
+{
+    if (!sh)
         return;
-    int count = 0, in_range = 1;
-    const char *p = o, *end = o + n;
+    pcre2_match_data_free(sh->md);
+    pcre2_code_free(sh->re);
+    free(sh);
+}
+
+int prep_score_shape_count(prep_score_shape *sh, const char *s, size_t n, int lo, int hi,
+                           int *in_range)
+{
+    *in_range = 0;
+    if (pcre2_match(sh->re, (PCRE2_SPTR)s, n, 0, 0, sh->md, NULL) < 0)
+        return 0;
+    int count = 0;
+    *in_range = 1;
+    const char *p = s, *end = s + n;
     while (p < end) {
         char *q;
         long v = strtol(p, &q, 10);
-        if (v < score_min || v > score_max)
-            in_range = 0;
+        if (v < lo || v > hi)
+            *in_range = 0;
         count++;
         p = q + (q < end);
     }
-    r->score_kind = in_range ? SCORE_OK : SCORE_RANGE;
+    return count;
+}
+
+/* Classify the output as scores. */
+static void classify_score(row_slot *r, thread_scratch *ts, int score_min, int score_max)
+{
+    int in_range, count = prep_score_shape_count(ts->shape, r->field[2], r->field_len[2],
+                                                 score_min, score_max, &in_range);
+    r->score_kind = count == 0 ? SCORE_NOT : in_range ? SCORE_OK : SCORE_RANGE;
     r->n_scores = count;
 }
 
@@ -388,7 +426,6 @@ static int builder_add(builder *b, const row_slot *r, int file_index)
 typedef struct {
     const rubric_config *cfg;
     prompt_encoder pe;
-    pcre2_code *score_re;
     thread_scratch *ts;
     int n_threads;
     row_slot *slots;
@@ -502,7 +539,7 @@ static void check_row(prep_ctx *c, row_slot *r)
     if (r->reason)
         return;
     hash_row(r, ts);
-    classify_score(r, c->score_re, ts, c->cfg->score_min, c->cfg->score_max);
+    classify_score(r, ts, c->cfg->score_min, c->cfg->score_max);
 }
 
 /* Stage 3 (parallel): render and tokenize a unique row. */
@@ -1769,13 +1806,6 @@ static int ctx_init(prep_ctx *c, const rubric_config *cfg, const tokenizer *tk,
     int rc = prompt_encoder_init(&c->pe, tk, style, cfg->eos_token, cfg->train_on_inputs);
     if (rc)
         return rc;
-    int errcode;
-    PCRE2_SIZE erroff;
-    c->score_re = pcre2_compile((PCRE2_SPTR) "^[0-9]+( [0-9]+)*\\z", PCRE2_ZERO_TERMINATED, 0,
-                                &errcode, &erroff, NULL);
-    if (!c->score_re)
-        return err_set(RB_EXIT_RUNTIME, "cannot compile the score pattern");
-    pcre2_jit_compile(c->score_re, PCRE2_JIT_COMPLETE);
 #ifdef _OPENMP
     c->n_threads = omp_get_max_threads();
 #else
@@ -1783,7 +1813,8 @@ static int ctx_init(prep_ctx *c, const rubric_config *cfg, const tokenizer *tk,
 #endif
     c->ts = xcalloc((size_t)c->n_threads, sizeof *c->ts);
     for (int t = 0; t < c->n_threads; t++)
-        c->ts[t].md = pcre2_match_data_create_from_pattern(c->score_re, NULL);
+        if (!(c->ts[t].shape = prep_score_shape_new()))
+            return RB_EXIT_RUNTIME;
     c->slots = xcalloc(PREP_BATCH_ROWS, sizeof *c->slots);
     return 0;
 }
@@ -1792,7 +1823,7 @@ static void ctx_free(prep_ctx *c)
 {
     for (int t = 0; t < c->n_threads; t++) {
         free(c->ts[t].dump);
-        pcre2_match_data_free(c->ts[t].md);
+        prep_score_shape_free(c->ts[t].shape);
         prompt_cache_free(&c->ts[t].cache);
     }
     free(c->ts);
@@ -1802,7 +1833,6 @@ static void ctx_free(prep_ctx *c)
             prompt_tokens_free(&c->slots[i].pt);
         }
     free(c->slots);
-    pcre2_code_free(c->score_re);
     prompt_encoder_free(&c->pe);
     free(c->seen.keys);
     builder_free(&c->b);

@@ -49,6 +49,15 @@ const char *prep_reason_name(int reason);
  * smallest; 0 when no row counts. `rubric score` infers K from its input with the same rule. */
 int prep_score_count_mode(const int64_t *counts);
 
+/* The shape of a score answer, one definition for prep and score: integers separated by
+ * single spaces (^[0-9]+( [0-9]+)*$, PCRE2). One object per thread (it holds match data). */
+typedef struct prep_score_shape prep_score_shape;
+prep_score_shape *prep_score_shape_new(void); /* NULL (err_set) when PCRE2 fails */
+void prep_score_shape_free(prep_score_shape *sh);
+/* How many scores s[0..n) holds, 0 when it is not that shape; *in_range: all in lo..hi. */
+int prep_score_shape_count(prep_score_shape *sh, const char *s, size_t n, int lo, int hi,
+                           int *in_range);
+
 typedef struct {
     int64_t rows_read;                  /* physical lines of all files */
     int64_t rejected[PREP_N_REASONS];   /* by reason (index 0 unused) */

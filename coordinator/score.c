@@ -984,37 +984,20 @@ static void stop_workers(int world)
 /* Setup and the metrics pass.                                                               */
 /* ======================================================================================== */
 
-/* The number of scores of an "output" as prep counts it: integers separated by single spaces
- * (^[0-9]+( [0-9]+)*$); 0 when it is not that shape. *in_range: all within lo..hi. */
-static int answer_count(const char *s, int lo, int hi, int *in_range)
-{
-    int count = 0;
-    *in_range = 1;
-    for (const char *p = s; p && *p;) {
-        if (*p < '0' || *p > '9')
-            return 0;
-        long v = 0;
-        for (; *p >= '0' && *p <= '9'; p++)
-            v = v > 1000 ? v : v * 10 + (*p - '0');
-        *in_range &= v >= lo && v <= hi;
-        count++;
-        if (*p == ' ' && p[1] >= '0' && p[1] <= '9')
-            p++;
-        else if (*p)
-            return 0;
-    }
-    return count;
-}
-
 /* K of a file as prep decides it (prep_score_count_mode): the most common count of scores
  * among the rows whose "output" is integers separated by single spaces, all in the score
  * range; of a tie, the smallest. Every row is read (prep reads them all too). */
 static int infer_k_from(const char *path, int lo, int hi, int *k)
 {
+    prep_score_shape *shape = prep_score_shape_new();
+    if (!shape)
+        return RB_EXIT_RUNTIME;
     jsonl_reader r;
     int rc = jsonl_open(&r, path);
-    if (rc)
+    if (rc) {
+        prep_score_shape_free(shape);
         return rc;
+    }
     int64_t counts[PREP_MAX_SCORE_COUNT + 1] = {0};
     int64_t nonblank = 0, labelled = 0, out_of_range = 0, first_out = 0;
     int got;
@@ -1023,8 +1006,11 @@ static int infer_k_from(const char *path, int lo, int hi, int *k)
         nonblank += r.len > strspn(r.line, " \t\r\n");
         if (jsonl_parse(r.line, r.len, &obj, NULL, 0) != JSONL_OK)
             continue;
-        const char *out = json_string_value(json_object_get(obj, "output"));
-        int in_range, n = out ? answer_count(out, lo, hi, &in_range) : 0;
+        json_t *jout = json_object_get(obj, "output");
+        const char *out = json_string_value(jout);
+        int in_range, n = out ? prep_score_shape_count(shape, out, json_string_length(jout), lo,
+                                                       hi, &in_range)
+                              : 0;
         labelled += out != NULL;
         if (n > 0 && in_range)
             counts[RB_MIN(n, PREP_MAX_SCORE_COUNT)]++;
@@ -1033,6 +1019,7 @@ static int infer_k_from(const char *path, int lo, int hi, int *k)
         json_decref(obj);
     }
     jsonl_close(&r);
+    prep_score_shape_free(shape);
     if (got < 0)
         return RB_EXIT_RUNTIME;
     *k = prep_score_count_mode(counts);
