@@ -5,7 +5,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -1071,28 +1070,6 @@ static int check_folders_are_folders(const char *path, const char *what)
     return rc;
 }
 
-/* --input must be a readable file, --output must not be a folder nor the input itself (the
- * predictions would replace the rows), and neither may be the output's side files. */
-/* A file this run will write: not a directory, its folder made and writable. */
-static int check_writable(const char *path, const char *what)
-{
-    if (path_is_dir(path))
-        return err_set(RB_EXIT_INPUT, "%s %s is a directory: give a file name", what, path);
-    int bad = check_folders_are_folders(path, what);
-    if (bad)
-        return bad;
-    char *dir = xstrdup(path);
-    const char *d = dirname(dir);
-    int rc = mkdir_p(d);
-    if (rc) /* a folder the user named that cannot be made: bad input, not a runtime fault */
-        rc = err_prefix(RB_EXIT_INPUT, "%s %s", what, path);
-    if (!rc && access(d, W_OK) != 0)
-        rc = err_set(RB_EXIT_INPUT, "%s %s: cannot write in %s: %s", what, path, d,
-                     strerror(errno));
-    free(dir);
-    return rc;
-}
-
 int score_check_adapter_path(const char *adapter)
 {
     if (!adapter || !path_is_dir(adapter))
@@ -1138,6 +1115,8 @@ int score_check_baseline_path(const score_options *o)
     return o->baseline_from ? jsonl_check_input(o->baseline_from, "--baseline-from") : 0;
 }
 
+/* --input must be a readable file, --output must not be a folder nor the input itself (the
+ * predictions would replace the rows), and neither may be the output's side files. */
 static int check_paths(const score_options *o)
 {
     if (!o->output[0])
@@ -1254,13 +1233,14 @@ static int score_prepare(const score_options *o, int *k)
     rc = o->k > 0 ? 0 : infer_k(o, k);
     if (!rc)
         rc = check_journal(o, *k);
-    /* last, as it makes the folders: where the output and the metrics go */
+    /* last, as it makes the folders (check_paths named any file among them): where the
+     * output and the metrics go, each folder made and a file created and removed in it */
     char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
                                   : score_default_metrics_path(o->output);
     if (!rc)
-        rc = check_writable(o->output, "--output");
+        rc = check_output_file(o->output, "--output");
     if (!rc)
-        rc = check_writable(mpath, "--metrics");
+        rc = check_output_file(mpath, "--metrics");
     free(mpath);
     return rc;
 }
