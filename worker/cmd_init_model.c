@@ -479,11 +479,9 @@ static int init_copy_tokenizer(const init_options *o, const char *src)
 
 /* ---- the command ---- */
 
-/* Remove a file of the folder (a name without '/'); 0, or RB_EXIT_RUNTIME naming it. */
+/* Remove a file of the folder; 0, or RB_EXIT_RUNTIME naming it. */
 static int init_remove(const char *dir, const char *name)
 {
-    if (strchr(name, '/'))
-        return 0; /* an index naming a file elsewhere: not this folder's to remove */
     char *path = xasprintf("%s/%s", dir, name);
     int rc = unlink(path) != 0 && errno != ENOENT
                  ? err_set(RB_EXIT_RUNTIME, "--force: cannot remove the old %s: %s", path,
@@ -493,24 +491,12 @@ static int init_remove(const char *dir, const char *name)
     return rc;
 }
 
-/* --force over an earlier model: its weights go first (the shards the index names, the index,
- * every *.safetensors), so the folder ends up with one consistent model whatever the earlier
- * one's sharding was. */
+/* --force over an earlier model: its weights go first (the shard index and every
+ * *.safetensors, the index's shards among them), so the folder ends up with one consistent
+ * model whatever the earlier one's sharding was. */
 static int init_remove_old_weights(const char *dir)
 {
-    char *index = xasprintf("%s/model.safetensors.index.json", dir);
-    json_t *root = path_exists(index) ? json_load_file(index, 0, NULL) : NULL;
-    json_t *wm = json_object_get(root, "weight_map"), *v;
-    const char *key;
-    int rc = 0;
-    json_object_foreach(wm, key, v) {
-        if (!rc && json_is_string(v))
-            rc = init_remove(dir, json_string_value(v));
-    }
-    json_decref(root);
-    free(index);
-    if (!rc)
-        rc = init_remove(dir, "model.safetensors.index.json");
+    int rc = init_remove(dir, "model.safetensors.index.json");
 
     DIR *d = opendir(dir);
     for (struct dirent *e; !rc && d && (e = readdir(d));) {
