@@ -643,7 +643,7 @@ static int coord_skip_rows(score_coord *c, int64_t rows)
         if (got == 0)
             return err_set(RB_EXIT_INPUT, "%s: has %lld line%s, but the journal says %lld "
                            "were scored; was the input changed? drop --resume to start over",
-                           c->o->input, (long long)i, i == 1 ? "" : "s", (long long)rows);
+                           c->o->input, (long long)i, plural_s(i), (long long)rows);
     }
     c->next_row = rows;
     c->next_chunk = c->next_write = rows / c->o->chunk_rows;
@@ -671,7 +671,7 @@ static int coord_resume(score_coord *c, const char *header)
                        strerror(errno));
     c->out_bytes = bytes;
     log_info("resuming %s: %lld row%s already scored", c->o->output, (long long)rows,
-             rows == 1 ? "" : "s");
+             plural_s(rows));
     return coord_skip_rows(c, rows);
 }
 
@@ -1182,8 +1182,8 @@ static int check_complete_resume(const score_options *o)
         return err_set(RB_EXIT_INPUT, "--resume: %s is a finished run of %lld row%s, but %s "
                        "has %lld line%s: it was made from another input; drop --resume to "
                        "score %s again (or give another --output)", o->output,
-                       (long long)n_out, n_out == 1 ? "" : "s", o->input, (long long)n_in,
-                       n_in == 1 ? "" : "s", o->input);
+                       (long long)n_out, plural_s(n_out), o->input, (long long)n_in,
+                       plural_s(n_in), o->input);
     struct stat si, so;
     if (stat(o->input, &si) == 0 && stat(o->output, &so) == 0 && si.st_mtime > so.st_mtime)
         return err_set(RB_EXIT_INPUT, "--resume: %s changed after %s was finished: drop "
@@ -1350,7 +1350,7 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
             rc = err_set(RB_EXIT_INPUT, "%s:%lld: the prediction has %zu score%s, where K is %d "
                          "(--num-scores, else inferred from the input): give the --num-scores "
                          "these predictions were made with (--num-scores %zu)", preds_path,
-                         (long long)pr.lineno, n_scores, n_scores == 1 ? "" : "s", m->k,
+                         (long long)pr.lineno, n_scores, plural_s(n_scores), m->k,
                          n_scores);
         else if (have_pred < 0)
             rc = err_set(RB_EXIT_INPUT, "%s:%lld: not a prediction line", preds_path,
@@ -1419,7 +1419,7 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
     char why[PATH_MAX + 128] = "";
     if (n_ref == 0)
         snprintf(why, sizeof why, "no row of %s has an \"output\" of %d score%s in %d..%d", ref,
-                 k, k == 1 ? "" : "s", o->score_min, o->score_max);
+                 k, plural_s(k), o->score_min, o->score_max);
     metrics_acc m, base;
     metrics_init(&m, k, o->score_min, o->score_max);
     metrics_init(&base, k, o->score_min, o->score_max);
@@ -1437,7 +1437,7 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
             snprintf(seen, sizeof seen, "no row has an \"output\"");
         log_warn("%s: no row has an \"output\" of %d score%s in %d..%d (%s): the majority "
                  "baseline is undefined; check --baseline-from, --num-scores and "
-                 "score_min/score_max", ref, k, k == 1 ? "" : "s", o->score_min, o->score_max,
+                 "score_min/score_max", ref, k, plural_s(k), o->score_min, o->score_max,
                  seen);
     }
     if (!rc && *labelled) {
@@ -1448,7 +1448,7 @@ int score_metrics(const score_options *o, const char *preds_path, const char *me
         rc = metrics_write_json(metrics_path, &m, b, modes, b_why);
         if (!rc && n_ref > 0)
             log_info("metrics: %s (majority baseline from %s, %lld row%s)", metrics_path, ref,
-                     (long long)n_ref, n_ref == 1 ? "" : "s");
+                     (long long)n_ref, plural_s(n_ref));
         else if (!rc)
             log_info("metrics: %s (majority baseline undefined: %s)", metrics_path, why);
     } else if (!rc) {
@@ -1472,7 +1472,7 @@ static void log_summary(const score_coord *c, int n_workers)
     int64_t done = c->n_ok + c->n_off_grammar + c->n_bad;
     double rate = secs > 0 ? (double)done / secs : 0;
     log_info("scored %lld row%s in %.1f s (%.1f rows/s on %d worker%s): %lld ok, %lld "
-             "off-grammar, %lld bad", (long long)done, done == 1 ? "" : "s", secs, rate,
+             "off-grammar, %lld bad", (long long)done, plural_s(done), secs, rate,
              n_workers,
              n_workers == 1 ? "" : "s", (long long)c->n_ok, (long long)c->n_off_grammar,
              (long long)c->n_bad);
@@ -1593,9 +1593,9 @@ int score_run(const score_options *o)
     int k = setup[1];
     if (rank == 0)
         log_info("scoring %s -> %s: %d score%s per row in %d..%d, %d worker%s, chunks of %d "
-                 "row%s%s", o->input, o->output, k, k == 1 ? "" : "s", o->score_min, o->score_max,
+                 "row%s%s", o->input, o->output, k, plural_s(k), o->score_min, o->score_max,
                  RB_MAX(world - 1, 1), world > 2 ? "s" : "", o->chunk_rows,
-                 o->chunk_rows == 1 ? "" : "s",
+                 plural_s(o->chunk_rows),
                  o->fake_model ? " (fake model)" : "");
 
     /* the workers (or the single process) load the model; rank 0 opens the output only once
