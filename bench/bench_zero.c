@@ -35,7 +35,7 @@ static result run_stage(comm *c, int stage, size_t n_real, int steps)
     size_t np = zero_padded_size(n_real, n, 16);
     float *params = xcalloc(np, sizeof *params), *grads = xcalloc(np, sizeof *grads);
     zero_state z;
-    if (zero_init(&z, c, stage, np, params))
+    if (zero_init(&z, c, NULL, kernel_ops_cpu(), stage, np, params))
         rb_die_err(RB_EXIT_RUNTIME);
     result r = {0, 0, zero_state_elements(&z) * 3 * sizeof(float)};
     double total = 0;

@@ -109,6 +109,29 @@ void world_finalize(world *w)
     MPI_Finalize();
 }
 
+int world_node_place(MPI_Comm comm, int participant, int *index, int *count)
+{
+    *index = 0;
+    *count = 1;
+    int rank = 0, flag = participant ? 1 : 0, before = 0;
+    MPI_Comm node;
+    MPI_Comm_rank(comm, &rank);
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return err_set(RB_EXIT_RUNTIME, "rank %d: MPI_Comm_split_type (the ranks of this "
+                       "node) failed", rank);
+    int node_rank = 0, rc = MPI_SUCCESS;
+    MPI_Comm_rank(node, &node_rank);
+    rc = MPI_Exscan(&flag, &before, 1, MPI_INT, MPI_SUM, node);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Allreduce(&flag, count, 1, MPI_INT, MPI_SUM, node);
+    MPI_Comm_free(&node);
+    if (rc != MPI_SUCCESS)
+        return err_set(RB_EXIT_RUNTIME, "rank %d: counting the ranks of this node failed", rank);
+    *index = node_rank == 0 ? 0 : before; /* Exscan leaves node rank 0's value undefined */
+    return 0;
+}
+
 void world_describe(const world *w, char *buf, size_t size)
 {
     if (w->single_process)

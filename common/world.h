@@ -41,6 +41,12 @@ void world_finalize(world *w);
  * "rank R: <what>: <MPI's error text>; a rank may have died (see the log above)". */
 int world_check(const world *w, int mpi_rc, const char *what);
 
+/* Where this rank stands among the ranks of `comm` on its node that take part (participant
+ * != 0: e.g. the workers, which each want a GPU): *index its 0-based place among them (in rank
+ * order), *count how many there are on the node. Collective over comm (every rank calls it,
+ * taking part or not). Returns 0 or RB_EXIT_RUNTIME. */
+int world_node_place(MPI_Comm comm, int participant, int *index, int *count);
+
 /* "3 ranks on 1 host: coordinator (rank 0) + 2 workers (ranks 1-2)" into buf. */
 void world_describe(const world *w, char *buf, size_t size);
 

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "jsonl.h"
 #include "log.h"
+#include "ops.h"
 #include "score.h"
 #include "scorer.h"
 #include "util.h"
@@ -98,7 +99,8 @@ static const char score_options_help[] =
     "      --full-logits        every pass over the whole vocabulary, also for rows already\n"
     "                           off the grammar (for comparisons: a model that stays in it)\n"
     "      --max-prompt-tokens N  longer prompts are bad rows (default: the model's maximum)\n"
-    "      --backend NAME       cpu, cuda or auto (default auto)\n"
+    "      --backend NAME       cpu, cuda or auto: cuda when a GPU answers, each worker the\n"
+    "                           next GPU of its node (default: $RUBRIC_BACKEND, else auto)\n"
     "      --fake-model         testing only: scores are a hash of the row, no model is loaded\n"
     "      --fake-delay-us N    testing only: the fake model sleeps N microseconds per row\n";
 
@@ -138,7 +140,7 @@ static int score_on_option(int opt, const char *arg, void *ctx)
     case OPT_FULL_LOGITS: o->full_logits = 1; return 0;
     case OPT_MAX_PROMPT: return parse_int(arg, "max-prompt-tokens", 1, &o->max_prompt_tokens);
     case OPT_BASELINE: o->baseline_from = arg; return 0;
-    case OPT_BACKEND: o->backend = arg; return 0;
+    case OPT_BACKEND: o->backend = arg; return kernel_backend_name_check(arg, "--backend");
     case OPT_WINDOW: return parse_int(arg, "window-chunks", 1, &o->window_chunks);
     case OPT_TOKENIZER: o->tokenizer_dir = arg; return 0;
     case OPT_METRICS_ONLY: sc->metrics_only = 1; return 0;
@@ -442,6 +444,10 @@ int cmd_score(int argc, char **argv)
     };
     cli_common cli;
     int rc = cli_parse_common(argc, argv, &spec, &cli);
+    if (!rc && !cli.help &&
+        (rc = kernel_backend_name_check(sc.o.backend, "RUBRIC_BACKEND in the environment")) &&
+        cli_launch_rank() == 0)
+        log_error("%s", err_msg());
     if (rc || cli.help) {
         cli_free(&cli);
         return rc;

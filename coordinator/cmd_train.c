@@ -6,17 +6,19 @@
 #include "commands.h"
 #include "config.h"
 #include "log.h"
+#include "ops.h"
 #include "train.h"
 #include "util.h"
 #include "world.h"
 
-enum { OPT_RESUME = 1, OPT_REQUEUE, OPT_TOKENIZER, OPT_STEP_TIMEOUT };
+enum { OPT_RESUME = 1, OPT_REQUEUE, OPT_TOKENIZER, OPT_STEP_TIMEOUT, OPT_BACKEND };
 
 static const struct option train_long_options[] = {
     {"resume", required_argument, NULL, OPT_RESUME},
     {"requeue", no_argument, NULL, OPT_REQUEUE},
     {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
     {"step-timeout", required_argument, NULL, OPT_STEP_TIMEOUT},
+    {"backend", required_argument, NULL, OPT_BACKEND},
     {NULL, 0, NULL, 0},
 };
 
@@ -33,6 +35,9 @@ static int train_on_option(int opt, const char *arg, void *ctx)
     case OPT_TOKENIZER:
         o->tokenizer_dir = arg;
         break;
+    case OPT_BACKEND:
+        o->backend = arg;
+        return kernel_backend_name_check(arg, "--backend");
     case OPT_STEP_TIMEOUT:
         o->step_timeout_s = atof(arg);
         if (o->step_timeout_s <= 0)
@@ -64,10 +69,9 @@ static const char train_summary[] =
     "the final checkpoint on the same ranks with the trained model (see `rubric score`):\n"
     "output_dir gets predictions-<name>.jsonl and predictions-<name>.metrics.json (majority\n"
     "baseline from the training data). A failure to score exits 1; the checkpoint is safe.\n"
-    "Limitations: the optimizer runs on host memory (MPI backend); a resume is bitwise only\n"
-    "with the same worker count and lora_dropout 0 (the dropout stream is not checkpointed);\n"
-    "with another worker count the global batch (workers x accumulation x micro-batch) and\n"
-    "so the data order change.";
+    "Limitations: a resume is bitwise only with the same worker count, the same backend and\n"
+    "lora_dropout 0 (the dropout stream is not checkpointed); with another worker count the\n"
+    "global batch (workers x accumulation x micro-batch) and so the data order change.";
 
 static const char train_options_help[] =
     "      --resume PATH|auto   continue from a checkpoint (auto: the newest valid one in\n"
@@ -76,7 +80,10 @@ static const char train_options_help[] =
     "                           SIGTERM/SIGUSR1 save, `scontrol requeue` the Slurm job\n"
     "      --tokenizer DIR      folder with tokenizer.json (default: the base model's)\n"
     "      --step-timeout S     base wait for the workers' reports, seconds (default 60;\n"
-    "                           the wait also grows with the slowest step)\n";
+    "                           the wait also grows with the slowest step)\n"
+    "      --backend NAME       the workers' kernels: cuda (one GPU per worker, NCCL), cpu\n"
+    "                           (MPI), or auto: cuda when every worker finds a GPU, else cpu\n"
+    "                           (default: $RUBRIC_BACKEND, else auto)\n";
 
 int cmd_train(int argc, char **argv)
 {
@@ -105,6 +112,10 @@ int cmd_train(int argc, char **argv)
     rubric_config cfg;
     config_defaults(&cfg);
     rc = cli_parse_common(argc, argv, &spec, &cli);
+    if (!rc && !cli.help &&
+        (rc = kernel_backend_name_check(opt.backend, "RUBRIC_BACKEND in the environment")) &&
+        cli_launch_rank() == 0)
+        log_error("%s", err_msg());
     if (!rc && !cli.help) {
         config_free(&cfg);
         rc = cli_load_config(&cli, &cfg);

@@ -16,6 +16,8 @@
 
 #include "comm.h"
 #include "jsonl.h"
+#include "ops.h"
+#include "world.h"
 #include "log.h"
 #include "metrics.h"
 #include "prep.h"
@@ -77,7 +79,8 @@ void score_options_defaults(score_options *o)
     o->batch_rows = 8;
     o->prefix_cache = 1;
     o->style = PROMPT_STYLE_QWEN3;
-    o->backend = "auto";
+    const char *env = getenv("RUBRIC_BACKEND");
+    o->backend = env && *env ? env : "auto";
     o->worker_timeout_s = SCORE_WORKER_TIMEOUT_S;
 }
 
@@ -206,7 +209,8 @@ static scorer_backend *fake_backend_new(const score_options *o, int k)
     return &f->base;
 }
 
-static int worker_open(score_worker *w, const score_options *o, int k)
+/* gpu_index: this worker's place among the workers on its node (which GPU it takes). */
+static int worker_open(score_worker *w, const score_options *o, int k, int gpu_index)
 {
     memset(w, 0, sizeof *w);
     w->o = o;
@@ -230,6 +234,8 @@ static int worker_open(score_worker *w, const score_options *o, int k)
     so.max_prompt_tokens = o->max_prompt_tokens;
     so.backend = o->backend;
     so.model = o->model;
+    if (!o->model && !kernel_ops_select_local(o->backend, gpu_index, NULL))
+        return RB_EXIT_INPUT; /* its message says why */
     scorer *s;
     int rc = scorer_new(&s, &so);
     if (rc)
@@ -1601,9 +1607,13 @@ int score_run(const score_options *o)
     /* the workers (or the single process) load the model; rank 0 opens the output only once
      * they all have, so a model that does not load leaves nothing behind */
     score_worker w;
-    int rc = 0;
+    int gpu_index = 0, node_workers = 1;
+    int rc = world_node_place(MPI_COMM_WORLD, rank > 0 || world == 1, &gpu_index,
+                              &node_workers);
+    if (rc)
+        return rc;
     if (rank > 0 || world == 1) {
-        rc = worker_open(&w, o, k);
+        rc = worker_open(&w, o, k, gpu_index);
         if (rc && world == 1)
             rb_die_err(rc);
     }

@@ -40,6 +40,7 @@ typedef struct {
     int64_t last_eval_step;
     protocol_report *reports; /* [n_workers] */
     int finished;             /* rank 0: every step done (not stopped by a signal) */
+    char backend_desc[160];   /* the workers' backend, from the first worker */
 } trainer;
 
 static volatile sig_atomic_t train_signal;
@@ -88,6 +89,8 @@ void train_options_defaults(train_options *o)
 {
     memset(o, 0, sizeof *o);
     o->step_timeout_s = 60;
+    const char *env = getenv("RUBRIC_BACKEND");
+    o->backend = env && *env ? env : "auto";
 }
 
 /* ------------------------------------------------------------------ helpers over the world */
@@ -186,6 +189,11 @@ static int share_table(trainer *t)
     ckpt_param *tab = t->w->rank == root ? t->wk.table : NULL;
     int n = t->w->rank == root ? t->wk.n_table : 0;
     ckpt_params_bcast(t->w->world, root, &tab, &n);
+    char desc[sizeof t->wk.backend_desc] = "";
+    if (t->w->rank == root)
+        memcpy(desc, t->wk.backend_desc, sizeof desc);
+    MPI_Bcast(desc, (int)sizeof desc, MPI_CHAR, root, t->w->world);
+    memcpy(t->backend_desc, desc, sizeof desc);
     if (t->w->rank == root) {
         t->table = tab;
         t->n_table = n;
@@ -606,7 +614,7 @@ static void banner(const trainer *t, int64_t start)
     int64_t elements = 0;
     for (int i = 0; i < t->n_table; i++)
         elements += t->table[i].rows * t->table[i].cols;
-    log_info("train: %s", where);
+    log_info("train: %s; backend %s", where, t->backend_desc);
     const rubric_config *cfg = t->cfg;
     log_info("train: %" PRId64 " step%s (%" PRId64 " per epoch, %" PRId64 " warmup, %s lr "
              "%.2e), %d worker%s x %d micro-batch%s x %d bin%s per step, ZeRO stage %d",
@@ -804,6 +812,11 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
     char *path = NULL;
     int rc = w->rank == 0 ? check_fresh_output_dir(&t) : 0;
     rc = agree(w, rc, "checking output_dir");
+
+    /* the workers' backend (a missing GPU is found before the data preparation) */
+    if (!rc)
+        rc = agree(w, w->is_worker ? worker_pick_backend(&t.wk, w, opt->backend) : 0,
+                   "choosing the backend");
     if (!rc && w->rank == 0)
         rc = prepare_dataset(&t, &path);
     rc = agree(w, rc, "preparing the dataset");
@@ -812,7 +825,7 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
 
     /* 2. the workers load the model; rank 0 sets up the schedule */
     if (!rc) {
-        int mine = w->is_worker ? worker_init(&t.wk, w, cfg, path) : 0;
+        int mine = w->is_worker ? worker_init(&t.wk, cfg, path) : 0;
         if (!mine && w->is_coordinator)
             mine = coordinator_init(&t, path);
         rc = agree(w, mine, "setting up training");

@@ -30,6 +30,8 @@ typedef struct {
                                 * on a signal, requeue the Slurm job after saving */
     const char *tokenizer_dir; /* --tokenizer, or NULL */
     double step_timeout_s;     /* base of the wait for workers' reports (default 60) */
+    const char *backend;       /* --backend: cpu, cuda or auto (default: $RUBRIC_BACKEND, else
+                                * auto) */
 } train_options;
 
 void train_options_defaults(train_options *o);

@@ -164,13 +164,34 @@ typedef struct kernel_ops {
 
 /* The CPU backend (always available). */
 const kernel_ops *kernel_ops_cpu(void);
+/* "cpu-staged": the CPU backend's ops with host_memory = 0, so the code above the table takes
+ * its device-memory paths (staging through upload/download, the checkpoint copies) on the CPU,
+ * where tests can run them. Not for users: it is only slower. */
+const kernel_ops *kernel_ops_cpu_staged(void);
 #if RUBRIC_HAVE_CUDA
 /* The CUDA backend; NULL when no usable GPU is present. */
 const kernel_ops *kernel_ops_cuda(void);
+/* Devices this process sees (0 when none or no driver); with device >= 0 also makes that one
+ * current (before kernel_ops_cuda's first call, which then starts on it). Starts no context. */
+int kernel_cuda_devices(int device);
 #endif
 
 /* Pick a backend by name: "cpu", "cuda" or "auto" (cuda when built and a GPU answers, else
- * cpu). Returns NULL with err_set(RB_EXIT_INPUT) for an unknown or unavailable name. */
+ * cpu), or "cpu-staged" (tests). Returns NULL with err_set(RB_EXIT_INPUT) for an unknown or
+ * unavailable name. */
 const kernel_ops *kernel_ops_select(const char *name);
+
+/* 0 when `name` is one kernel_ops_select knows, else err_set(RB_EXIT_INPUT) naming `what`
+ * (e.g. "--backend") and the choices. Chooses nothing (starts no GPU). */
+int kernel_backend_name_check(const char *name, const char *what);
+
+/* Which GPU a process uses, for one of the `local_count` processes on a node that each run a
+ * backend (local_index 0-based among them): before the CUDA backend starts, with "cuda" or
+ * "auto", the process makes device (local_index % devices) current, devices being those it
+ * sees (one when slurm/gpu_bind.sh gave each task its own). Then kernel_ops_select(name).
+ * *gpus_seen (may be NULL) gets the devices this process sees (0 without CUDA or a GPU); a
+ * caller for whom two processes on one GPU is an error compares it with local_count. Call it
+ * before anything else starts the CUDA backend in the process. */
+const kernel_ops *kernel_ops_select_local(const char *name, int local_index, int *gpus_seen);
 
 #endif

@@ -98,11 +98,18 @@ static int adapter_load(scorer *s, const char *path)
     for (int i = 0; i < v.n_tensors; i++)
         params[i] = (ckpt_param){v.table[i].name, v.table[i].offset, v.table[i].rows,
                                  v.table[i].cols};
-    ckpt_slice slice = {0, v.n, v.params, NULL, NULL, NULL};
+    /* the file is read into host memory: the buffer itself on the CPU, else a host copy */
+    const kernel_ops *ops = model_ops(s->m);
+    float *host = ops->host_memory ? v.params : xmalloc(sizeof(float) * (size_t)RB_MAX(v.n, 1));
+    ckpt_slice slice = {0, v.n, host, NULL, NULL, NULL};
     ckpt_meta meta;
     memset(&meta, 0, sizeof meta);
     int rc = ckpt_load(MPI_COMM_SELF, path, params, v.n_tensors, model_get_config(s->m)->hash,
                        &slice, 0, &meta);
+    if (!rc && host != v.params)
+        ops->upload(v.params, host, sizeof(float) * (size_t)v.n);
+    if (host != v.params)
+        free(host);
     ckpt_meta_free(&meta);
     free(params);
     return rc;

@@ -8,6 +8,9 @@
 
 #include "log.h"
 #include "util.h"
+#if RUBRIC_HAVE_CUDA
+#include "cuda/cuda_info.h"
+#endif
 
 static void table_from_model(worker_ctx *wk)
 {
@@ -19,18 +22,65 @@ static void table_from_model(worker_ctx *wk)
     }
 }
 
-int worker_init(worker_ctx *wk, const world *w, const rubric_config *cfg,
-                const char *dataset_path)
+/* Every worker takes the same kind of backend: with cuda (or auto finding GPUs) each worker
+ * its own GPU, since NCCL runs one rank per device. */
+int worker_pick_backend(worker_ctx *wk, const world *w, const char *want)
 {
     memset(wk, 0, sizeof *wk);
     wk->w = w;
+    if (!want)
+        want = "auto";
+    int local = 0, n_local = 1, gpus = 0;
+    int rc = world_node_place(w->workers, 1, &local, &n_local);
+    if (rc)
+        return rc;
+    wk->ops = kernel_ops_select_local(want, local, &gpus);
+    int on_gpu = wk->ops && strcmp(wk->ops->name, "cuda") == 0;
+    int mine = !wk->ops ? RB_EXIT_INPUT : 0;
+    if (!mine && on_gpu && n_local > gpus)
+        mine = err_set(RB_EXIT_INPUT, "%d workers on %s share %d GPU%s: NCCL needs one GPU "
+                       "per worker (ask Slurm for one per worker, e.g. --gres=gpu:%d, start "
+                       "the workers through slurm/gpu_bind.sh, or use --backend cpu)",
+                       n_local, w->host, gpus, plural_s(gpus), n_local);
+    int v[3] = {mine, on_gpu, !on_gpu}, all[3];
+    MPI_Allreduce(v, all, 3, MPI_INT, MPI_MAX, w->workers);
+    if (mine)
+        return err_prefix(mine, "worker %d on %s", w->worker_index, w->host);
+    if (all[0])
+        return err_set(all[0], "choosing the backend failed on another worker (see its "
+                       "message)");
+    if (all[1] && all[2]) /* some workers found a GPU, others did not */
+        return on_gpu ? err_set(RB_EXIT_INPUT, "another worker found no GPU (see its message)")
+                      : err_set(RB_EXIT_INPUT, "worker %d on %s found no usable GPU while "
+                                "other workers did: every worker needs one (slurm/gpu_bind.sh),"
+                                " or use --backend cpu everywhere", w->worker_index, w->host);
+    if (on_gpu) {
+        char name[96] = "?";
+        int major = 0, minor = 0;
+#if RUBRIC_HAVE_CUDA
+        cuda_info_device(name, sizeof name, &major, &minor);
+#endif
+        snprintf(wk->backend_desc, sizeof wk->backend_desc, "cuda, one GPU per worker (%s, "
+                 "sm_%d%d), NCCL collectives", name, major, minor);
+    } else {
+        snprintf(wk->backend_desc, sizeof wk->backend_desc, "%s, MPI collectives",
+                 wk->ops->name);
+    }
+    return 0;
+}
+
+int worker_init(worker_ctx *wk, const rubric_config *cfg, const char *dataset_path)
+{
+    const world *w = wk->w;
     wk->cfg = cfg;
 
-    /* 1. the model, its flat LoRA buffer padded for an even cut into n_workers partitions */
+    /* 1. the model on the backend worker_pick_backend chose, its flat LoRA buffer padded for
+     *    an even cut into n_workers partitions */
     model_options o;
     model_options_defaults(&o);
     model_options_from_config(&o, cfg);
     o.flat_align = 16 * (int64_t)w->n_workers;
+    o.backend = wk->ops->name;
     int rc = model_load(&wk->m, cfg->base_model_dir, &o);
     if (rc)
         return err_prefix(rc, "worker %d: loading the model", w->worker_index);
@@ -39,11 +89,16 @@ int worker_init(worker_ctx *wk, const world *w, const rubric_config *cfg,
         return err_set(RB_EXIT_INPUT, "nothing to train: adapter is none or no LoRA target");
     table_from_model(wk);
 
-    /* 2. the workers' collectives and the ZeRO optimizer state */
-    if ((rc = comm_create(&wk->comm, w->workers, COMM_MPI, NULL)))
+    /* 2. the workers' collectives (on the backend's buffers; host scalars over MPI) and the
+     *    ZeRO optimizer state */
+    if ((rc = comm_create(&wk->host_comm, w->workers, COMM_MPI, NULL)))
         return rc;
-    rc = zero_init(&wk->zero, wk->comm, cfg->zero_stage, (size_t)wk->tv.n_padded,
-                   wk->tv.params);
+    wk->comm = wk->host_comm;
+    if (strcmp(wk->ops->name, "cuda") == 0 &&
+        (rc = comm_create(&wk->comm, w->workers, COMM_NCCL, NULL)))
+        return err_prefix(rc, "worker %d: NCCL", w->worker_index);
+    rc = zero_init(&wk->zero, wk->comm, wk->host_comm, wk->ops, cfg->zero_stage,
+                   (size_t)wk->tv.n_padded, wk->tv.params);
     if (rc)
         return err_prefix(rc, "worker %d", w->worker_index);
 
@@ -65,7 +120,10 @@ void worker_free(worker_ctx *wk)
     if (wk->table)
         ckpt_params_free(wk->table, wk->n_table);
     zero_free(&wk->zero);
-    comm_destroy(wk->comm);
+    if (wk->comm != wk->host_comm)
+        comm_destroy(wk->comm);
+    comm_destroy(wk->host_comm);
+    free(wk->stage);
     if (wk->ds) {
         prep_schedule_free(&wk->sched);
         prep_dataset_close(wk->ds);
@@ -126,7 +184,7 @@ int worker_step(worker_ctx *wk, const protocol_cmd *cmd, protocol_report *rep)
     }
 
     /* 2. N_total over all workers, before any backward pass */
-    if ((rc = comm_all_reduce(wk->comm, counts, counts, 1, COMM_I64)))
+    if ((rc = comm_all_reduce(wk->host_comm, counts, counts, 1, COMM_I64)))
         return err_prefix(rc, "step %lld: summing the supervised tokens", (long long)cmd->step);
     float grad_scale = counts[0] > 0 ? 1.0f / (float)counts[0] : 0.0f;
     maybe_die_for_test(wk->w, cmd->step);
@@ -201,13 +259,40 @@ void worker_ckpt_slice(worker_ctx *wk, int for_load, ckpt_slice *s)
     size_t len = for_load ? z->state_len : z->part_len;
     s->begin = (int64_t)begin;
     s->len = (int64_t)len;
-    s->lora = wk->tv.params + begin;
-    s->master = z->master + (begin - z->state_begin);
-    s->exp_avg = z->exp_avg + (begin - z->state_begin);
-    s->exp_avg_sq = z->exp_avg_sq + (begin - z->state_begin);
+    float *lora = wk->tv.params + begin, *master = z->master + (begin - z->state_begin),
+          *m = z->exp_avg + (begin - z->state_begin),
+          *v = z->exp_avg_sq + (begin - z->state_begin);
+    if (wk->ops->host_memory) {
+        s->lora = lora, s->master = master, s->exp_avg = m, s->exp_avg_sq = v;
+        return;
+    }
+    /* device memory: host copies, [lora | master | exp_avg | exp_avg_sq] of state_len each */
+    if (!wk->stage)
+        wk->stage = xcalloc(4 * z->state_len, sizeof(float));
+    s->lora = wk->stage;
+    s->master = wk->stage + z->state_len;
+    s->exp_avg = wk->stage + 2 * z->state_len;
+    s->exp_avg_sq = wk->stage + 3 * z->state_len;
+    if (!for_load) {
+        size_t bytes = len * sizeof(float);
+        wk->ops->download(s->lora, lora, bytes);
+        wk->ops->download(s->master, master, bytes);
+        wk->ops->download(s->exp_avg, m, bytes);
+        wk->ops->download(s->exp_avg_sq, v, bytes);
+    }
 }
 
-int worker_after_load(worker_ctx *wk) { return zero_sync_params(&wk->zero, wk->tv.params); }
+int worker_after_load(worker_ctx *wk)
+{
+    zero_state *z = &wk->zero;
+    if (!wk->ops->host_memory) { /* the load filled the host copies of the state's range */
+        size_t bytes = z->state_len * sizeof(float);
+        wk->ops->upload(z->master, wk->stage + z->state_len, bytes);
+        wk->ops->upload(z->exp_avg, wk->stage + 2 * z->state_len, bytes);
+        wk->ops->upload(z->exp_avg_sq, wk->stage + 3 * z->state_len, bytes);
+    }
+    return zero_sync_params(z, wk->tv.params);
+}
 
 /* A SAVE command: this worker's part of the collective checkpoint write. */
 static int worker_save(worker_ctx *wk)

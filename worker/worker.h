@@ -29,7 +29,11 @@ typedef struct {
     const rubric_config *cfg;
     model *m;
     model_trainable_view tv;
-    comm *comm;              /* over the workers' communicator */
+    const kernel_ops *ops;   /* the model's backend (every worker the same kind) */
+    comm *comm;              /* over the workers' communicator: NCCL on GPUs, else MPI */
+    comm *host_comm;         /* MPI over the same ranks (host scalars); == comm when MPI */
+    char backend_desc[160];  /* "cuda: NVIDIA A40 ..." for rank 0's banner */
+    float *stage;            /* host copies of the checkpoint slice (device backends only) */
     zero_state zero;
     prep_dataset *ds;
     prep_schedule sched;
@@ -39,9 +43,14 @@ typedef struct {
     packed_batch *batches;   /* [grad_accum] */
 } worker_ctx;
 
-/* Load the model, open the prepared dataset, set up ZeRO. Collective over the workers. */
-int worker_init(worker_ctx *wk, const world *w, const rubric_config *cfg,
-                const char *dataset_path);
+/* First (it clears *wk): choose the backend, `backend` cpu, cuda or auto (NULL: auto). Every
+ * worker must get the same kind, and with cuda each its own GPU (device local index % the
+ * devices it sees); else RB_EXIT_INPUT naming the worker and host. Collective over the
+ * workers; cheap, so a run can fail here before its data preparation. */
+int worker_pick_backend(worker_ctx *wk, const world *w, const char *backend);
+/* Then: load the model, open the prepared dataset, set up ZeRO (NCCL collectives on GPUs, MPI
+ * on the CPU). Collective over the workers. */
+int worker_init(worker_ctx *wk, const rubric_config *cfg, const char *dataset_path);
 void worker_free(worker_ctx *wk);
 
 /* The handlers (cmd->kind STEP and EVAL); the report is filled for the coordinator. */
@@ -49,7 +58,9 @@ int worker_step(worker_ctx *wk, const protocol_cmd *cmd, protocol_report *rep);
 int worker_eval(worker_ctx *wk, const protocol_cmd *cmd, protocol_report *rep);
 
 /* This worker's flat range for a checkpoint: its partition when saving; when loading, the
- * range its optimizer state covers (the partition, or everything for ZeRO stage 0). */
+ * range its optimizer state covers (the partition, or everything for ZeRO stage 0). The
+ * slice's pointers are host memory: on a device backend, host copies (downloaded now when
+ * saving; worker_after_load uploads what a load put there). */
 void worker_ckpt_slice(worker_ctx *wk, int for_load, ckpt_slice *s);
 /* After a checkpoint was loaded into the slice: make every worker's parameters whole again. */
 int worker_after_load(worker_ctx *wk);

@@ -1,4 +1,4 @@
-/* zero.c: ZeRO stages 0, 1 and 2 over comm.h, with AdamW (adamw.h) on the local state. */
+/* zero.c: ZeRO stages 0, 1 and 2 over comm.h, with the backend's AdamW op on the local state. */
 #include "zero.h"
 
 #include <math.h>
@@ -14,20 +14,34 @@ size_t zero_padded_size(size_t n, int n_workers, size_t align)
     return (n + unit - 1) / unit * unit;
 }
 
-int zero_init(zero_state *z, comm *c, int stage, size_t n_padded, const float *params)
+int zero_init(zero_state *z, comm *c, comm *host_comm, const kernel_ops *ops, int stage,
+              size_t n_padded, const float *params)
 {
     memset(z, 0, sizeof *z);
+    if (!host_comm)
+        host_comm = c;
     if (stage < 0 || stage > 2)
         return err_set(RB_EXIT_INPUT, "zero: stage %d is not supported (0, 1 or 2)", stage);
-    if (comm_get_backend(c) != COMM_MPI)
-        return err_set(RB_EXIT_INPUT, "zero: the optimizer runs on host buffers and needs the "
-                       "MPI backend (got %s)", comm_backend_name(comm_get_backend(c)));
+    if (comm_get_backend(host_comm) != COMM_MPI)
+        return err_set(RB_EXIT_INPUT, "zero: the comm for host scalars must be MPI (got %s)",
+                       comm_backend_name(comm_get_backend(host_comm)));
+    if (comm_get_backend(c) == COMM_NCCL && ops->host_memory)
+        return err_set(RB_EXIT_INPUT, "zero: NCCL collectives need device buffers, and the %s "
+                       "backend's are host memory", ops->name);
+    if (comm_get_backend(c) == COMM_MPI && strcmp(ops->name, "cuda") == 0)
+        return err_set(RB_EXIT_INPUT, "zero: the CUDA backend's buffers are device memory, "
+                       "which MPI collectives cannot read: use the NCCL comm");
     int n = comm_size(c);
+    if (comm_size(host_comm) != n)
+        return err_set(RB_EXIT_INPUT, "zero: the host comm has %d ranks, the buffers' %d",
+                       comm_size(host_comm), n);
     if (n_padded == 0 || n_padded % (size_t)n != 0)
         return err_set(RB_EXIT_INPUT, "zero: the flat buffer has %zu elements, not a positive "
                        "multiple of the %d workers (pad it with zero_padded_size)", n_padded, n);
 
     z->comm = c;
+    z->host_comm = host_comm;
+    z->ops = ops;
     z->stage = stage;
     z->rank = comm_rank(c);
     z->n_workers = n;
@@ -37,22 +51,25 @@ int zero_init(zero_state *z, comm *c, int stage, size_t n_padded, const float *p
     z->state_begin = stage == 0 ? 0 : z->part_begin;
     z->state_len = stage == 0 ? n_padded : z->part_len;
 
-    /* the optimizer state covers the partition only (stages 1 and 2) */
-    z->master = xmalloc(z->state_len * sizeof(float));
-    memcpy(z->master, params + z->state_begin, z->state_len * sizeof(float));
-    z->exp_avg = xcalloc(z->state_len, sizeof(float));
-    z->exp_avg_sq = xcalloc(z->state_len, sizeof(float));
+    /* the optimizer state covers the partition only (stages 1 and 2); alloc zeroes */
+    size_t bytes = z->state_len * sizeof(float);
+    z->master = ops->alloc(bytes);
+    ops->copy(z->master, params + z->state_begin, bytes);
+    z->exp_avg = ops->alloc(bytes);
+    z->exp_avg_sq = ops->alloc(bytes);
     if (stage == 2)
-        z->grad_shard = xcalloc(z->part_len, sizeof(float));
+        z->grad_shard = ops->alloc(z->part_len * sizeof(float));
     return 0;
 }
 
 void zero_free(zero_state *z)
 {
-    free(z->master);
-    free(z->exp_avg);
-    free(z->exp_avg_sq);
-    free(z->grad_shard);
+    if (z->ops) {
+        z->ops->free(z->master);
+        z->ops->free(z->exp_avg);
+        z->ops->free(z->exp_avg_sq);
+        z->ops->free(z->grad_shard);
+    }
     memset(z, 0, sizeof *z);
 }
 
@@ -75,16 +92,16 @@ static int reduce_grads(zero_state *z, float *grads, float **g_local)
 /* Global squared norm: partitions' squared norms summed over the workers (stages 1 and 2). */
 static int global_sq_norm(zero_state *z, const float *g_local, double *sq)
 {
-    *sq = adamw_grad_sq_norm(g_local, (int64_t)z->state_len);
+    *sq = z->ops->sumsq((int64_t)z->state_len, g_local);
     if (z->stage == 0)
         return 0;
-    int rc = comm_all_reduce(z->comm, sq, sq, 1, COMM_F64);
+    int rc = comm_all_reduce(z->host_comm, sq, sq, 1, COMM_F64);
     return rc ? err_prefix(rc, "zero: all-reducing the gradient norm") : 0;
 }
 
 int zero_sync_params(zero_state *z, float *params)
 {
-    memcpy(params + z->state_begin, z->master, z->state_len * sizeof(float));
+    z->ops->copy(params + z->state_begin, z->master, z->state_len * sizeof(float));
     if (z->stage == 0)
         return 0;
     int rc = comm_all_gather(z->comm, params + z->part_begin, params, z->part_len, COMM_F32);
@@ -116,10 +133,11 @@ int zero_step(zero_state *z, float *params, float *grads, const zero_hparams *h,
         info->clip_scale = coef;
 
         /* 3. clip, then AdamW on this worker's master copy and moments */
-        adamw_grad_scale(g, (int64_t)z->state_len, coef);
-        adamw_hparams ah = {h->beta1, h->beta2, h->eps, h->weight_decay};
-        adamw_step(z->master, g, z->exp_avg, z->exp_avg_sq, (int64_t)z->state_len, h->step,
-                   h->lr, &ah);
+        if (coef != 1.0f)
+            z->ops->scale((int64_t)z->state_len, coef, g);
+        const adamw_scalars s = adamw_scalars_at(h->lr, h->beta1, h->beta2, h->eps,
+                                                 h->weight_decay, h->step);
+        z->ops->adamw(z->master, g, z->exp_avg, z->exp_avg_sq, (int64_t)z->state_len, &s);
 
         /* 4. every worker gets the updated parameters (all-gather of the partitions) */
         if ((rc = zero_sync_params(z, params)))
@@ -127,9 +145,9 @@ int zero_step(zero_state *z, float *params, float *grads, const zero_hparams *h,
     }
 
     /* 5. the gradients are consumed */
-    memset(grads, 0, z->n_padded * sizeof(float));
+    z->ops->memset0(grads, z->n_padded * sizeof(float));
     if (z->grad_shard)
-        memset(z->grad_shard, 0, z->part_len * sizeof(float));
+        z->ops->memset0(z->grad_shard, z->part_len * sizeof(float));
     info->bytes_sent = comm_bytes_sent(z->comm) - bytes0;
     return 0;
 }

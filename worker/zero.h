@@ -21,8 +21,13 @@
  * over all workers), so the collectives only sum. zero_step consumes the gradients: it leaves
  * the caller's gradient buffer zeroed for the next step's accumulation.
  *
- * Buffers are host memory: the comm must be COMM_MPI. (A device-memory path needs a device
- * AdamW: not in this version.)
+ * Every buffer (params, grads, master, moments, grad_shard) lives in the memory of the kernel
+ * backend `ops` and every computation on them is one of its ops (sumsq, scale, adamw, copy,
+ * memset0), so the same code runs on host memory with the CPU backend and MPI collectives, and
+ * on device memory with the CUDA backend and NCCL collectives. The global norm's one double is
+ * all-reduced over `host_comm` (MPI, host memory; the same comm when that one is MPI). AdamW is
+ * adamw_math.h's arithmetic on either backend, so one worker's step is bitwise the host
+ * reference's (tests/mpi/zero_check.c).
  */
 #ifndef RUBRIC_ZERO_H
 #define RUBRIC_ZERO_H
@@ -31,6 +36,7 @@
 #include <stdint.h>
 
 #include "comm.h"
+#include "ops.h"
 
 typedef struct {
     double lr;
@@ -48,25 +54,30 @@ typedef struct {
 } zero_step_info;
 
 typedef struct {
-    comm *comm;
+    comm *comm;              /* collectives on the buffers: MPI (host) or NCCL (device) */
+    comm *host_comm;         /* MPI: host scalars (the squared norm) */
+    const kernel_ops *ops;   /* the backend holding every buffer */
     int stage;               /* 0, 1 or 2 */
     int rank, n_workers;
     size_t n_padded;         /* elements of the whole flat buffer */
     size_t part_begin, part_len;   /* this worker's partition */
     size_t state_begin, state_len; /* range covered by master / exp_avg / exp_avg_sq */
-    float *master;           /* [state_len] fp32 master copy */
-    float *exp_avg;          /* [state_len] AdamW first moment */
-    float *exp_avg_sq;       /* [state_len] AdamW second moment */
-    float *grad_shard;       /* [part_len] stage 2 only (NULL otherwise) */
+    float *master;           /* [state_len] fp32 master copy (backend memory) */
+    float *exp_avg;          /* [state_len] AdamW first moment (backend memory) */
+    float *exp_avg_sq;       /* [state_len] AdamW second moment (backend memory) */
+    float *grad_shard;       /* [part_len] stage 2 only (NULL otherwise; backend memory) */
 } zero_state;
 
 /* n rounded up to a multiple of n_workers * align (align >= 1). */
 size_t zero_padded_size(size_t n, int n_workers, size_t align);
 
-/* Set up the optimizer over `c` (every worker calls it). params [n_padded] is the initial flat
- * buffer (same on every worker); the master copy is taken from it, the moments start at zero.
- * n_padded not divisible by the worker count, or a non-MPI comm, is an error (RB_EXIT_INPUT). */
-int zero_init(zero_state *z, comm *c, int stage, size_t n_padded, const float *params);
+/* Set up the optimizer over `c` (every worker calls it). params [n_padded] (backend memory) is
+ * the initial flat buffer (same on every worker); the master copy is taken from it, the moments
+ * start at zero. host_comm: an MPI comm over the same ranks (NULL: c, which must then be MPI).
+ * Errors (RB_EXIT_INPUT): n_padded not divisible by the worker count; NCCL collectives on a
+ * host-memory backend, or MPI collectives on the CUDA backend's device memory. */
+int zero_init(zero_state *z, comm *c, comm *host_comm, const kernel_ops *ops, int stage,
+              size_t n_padded, const float *params);
 void zero_free(zero_state *z);
 
 /* One optimizer step: reduce the gradients, norm, clip, AdamW on this worker's state, gather

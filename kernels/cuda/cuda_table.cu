@@ -72,10 +72,25 @@ static void cuda_start(void)
     }
     CUBLAS_CHECK(cublasSetMathMode(cuda_handle, CUBLAS_DEFAULT_MATH));
     CUBLAS_CHECK(cublasSetStream(cuda_handle, 0));
-    log_msg(CUDA_LOG_INFO, "CUDA backend: %s (sm_%d%d, %.1f GiB), GEMMs in %s", prop.name,
-            prop.major, prop.minor, (double)prop.totalGlobalMem / (1 << 30), mode);
+    log_msg(CUDA_LOG_INFO, "CUDA backend: device %d of %d, %s (sm_%d%d, %.1f GiB), GEMMs in %s",
+            dev, count, prop.name, prop.major, prop.minor,
+            (double)prop.totalGlobalMem / (1 << 30), mode);
     cuda_table_fill(&cuda_ops_table);
     cuda_table_ptr = &cuda_ops_table;
+}
+
+extern "C" int kernel_cuda_devices(int device)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError(); /* no driver or no device: not an error for the caller */
+        return 0;
+    }
+    if (device >= 0 && device < count && cudaSetDevice(device) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return count;
 }
 
 extern "C" const kernel_ops *kernel_ops_cuda(void)

@@ -9,8 +9,11 @@
 #      (the build always has sm_86 and sm_90),
 #   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend),
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
-#      `rubric train` has no backend option yet) with fp32 GEMMs, then 10 with TF32 and 10
-#      with bf16 tensor-core GEMMs (RUBRIC_CUDA_GEMM; fp32 storage and accumulation),
+#      the model's step alone, timed) with fp32 GEMMs, then 10 with TF32 and 10 with bf16
+#      tensor-core GEMMs (RUBRIC_CUDA_GEMM; fp32 storage and accumulation), then the whole
+#      `rubric train` (prep, ZeRO over NCCL, checkpoints, evaluation, score_after_train) of a
+#      small random model for 8 steps with --backend cuda and with --backend cpu: the losses of
+#      every step side by side (the two must agree within 1e-3),
 #   6. scores the 2,300 EmoBank demo rows with `rubric score --backend cuda`,
 #   7. prints a table: ms per step, tokens/s, MFU against the dense bf16 peak, rows/s, memory.
 #
@@ -149,6 +152,69 @@ for mode in tf32 bf16; do
         echo "check.sh: training ($mode) failed: $OUT/train-$mode.log"
 done
 
+# ---- 5b. rubric train --backend cuda against --backend cpu ----
+E2E=$WORK/train-e2e
+rm -rf "$E2E" && mkdir -p "$E2E"
+step "rubric train, 8 steps of a small random model: --backend cuda, then --backend cpu"
+"$BUILD/rubric" init-model --out "$E2E/model" --hidden 128 --layers 2 --heads 4 --kv-heads 2 \
+    --head-dim 32 --intermediate 256 --dtype f32 --seed 3 > "$OUT/e2e-init.log" 2>&1
+head -200 data/emobank/train.jsonl > "$E2E/train.jsonl"
+head -40 data/emobank/test.jsonl > "$E2E/test.jsonl"
+cat > "$E2E/cfg.yml" <<YML
+base_model: $E2E/model
+datasets:
+  - path: $E2E/train.jsonl
+    type: alpaca
+dataset_prepared_path: $E2E/prepared
+val_set_size: 0.1
+sequence_len: 256
+sample_packing: true
+adapter: lora
+lora_r: 8
+lora_alpha: 16
+micro_batch_size: 4
+gradient_accumulation_steps: 2
+max_steps: 8
+learning_rate: 0.002
+lr_scheduler: cosine
+warmup_steps: 2
+max_grad_norm: 1.0
+eval_steps: 4
+save_steps: 4
+seed: 5
+score_after_train: $E2E/test.jsonl
+YML
+E2E_OK=
+for b in cuda cpu; do
+    timeout 240 "$BUILD/rubric" train "$E2E/cfg.yml" --backend "$b" --set "output_dir=$E2E/out-$b" \
+        > "$OUT/e2e-train-$b.log" 2>&1 || { tail -8 "$OUT/e2e-train-$b.log"; E2E_OK=failed; }
+done
+grep -h "backend\|GEMMs" "$OUT/e2e-train-cuda.log" | head -3
+E2E_TABLE=$(python3 - "$E2E/out-cuda/metrics.jsonl" "$E2E/out-cpu/metrics.jsonl" <<'PY' 2>&1
+import json, sys
+def steps(p):
+    out = {}
+    for line in open(p):
+        r = json.loads(line)
+        if "loss" in r:
+            out[r["step"]] = r
+    return out
+g, c = steps(sys.argv[1]), steps(sys.argv[2])
+worst = 0.0
+print("| step | loss cuda | loss cpu | rel. diff | grad norm cuda | grad norm cpu |")
+print("|---|---|---|---|---|---|")
+for s in sorted(c):
+    d = abs(g[s]["loss"] - c[s]["loss"]) / abs(c[s]["loss"])
+    worst = max(worst, d)
+    print(f"| {s} | {g[s]['loss']:.6f} | {c[s]['loss']:.6f} | {d:.2e} | "
+          f"{g[s]['grad_norm']:.5f} | {c[s]['grad_norm']:.5f} |")
+print(f"worst relative loss difference {worst:.2e}: {'PASS' if worst <= 1e-3 else 'FAIL'}")
+PY
+)
+echo "$E2E_TABLE"
+if [ -n "$E2E_OK" ] || ! grep -q "PASS" <<< "$E2E_TABLE"; then E2E_OK=failed; else E2E_OK=passed; fi
+[ -f "$E2E/out-cuda/predictions-test.jsonl" ] || E2E_OK="$E2E_OK (no score_after_train output)"
+
 # ---- 6. scoring ----
 step "scoring the EmoBank demo rows with --backend cuda"
 cat data/emobank/train.jsonl data/emobank/test.jsonl > "$WORK/rows.jsonl"
@@ -192,7 +258,10 @@ row() { # $1 label, $2 file
     row "bf16 GEMMs (10 steps)" "$OUT/train-bf16.txt"
     echo
     echo "kernel checks: $KERNELS"
+    echo "rubric train --backend cuda vs cpu (8 steps, small random model): $E2E_OK"
+    echo "$E2E_TABLE"
     echo "scoring: $NROWS rows, $ROWS_S rows/s (rubric score --backend cuda, one process)"
     echo "total time: $(( $(date +%s) - T0 )) s"
 } | tee "$OUT/table.txt"
-case $KRC in 0) exit 0 ;; *) exit 1 ;; esac
+[ "$KRC" = 0 ] && [ "$E2E_OK" = passed ] && exit 0
+exit 1

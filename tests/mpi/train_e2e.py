@@ -29,6 +29,13 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
   sigint          one process, no mpirun: Ctrl-C (SIGINT) saves a checkpoint and exits 0, and
                   the stale metrics.jsonl of an earlier run without checkpoints is replaced;
                   a second Ctrl-C ends the process at once
+  staged          2 workers on "cpu-staged" (the CPU kernels behind the device-memory paths a
+                  GPU takes: model upload, checkpoint slices downloaded to host copies, a
+                  resume's state uploaded) give steps 1-8 and the final checkpoint bitwise
+                  equal to the plain CPU run, and so does a staged resume from step 6
+  backend_choice  --backend gpu and RUBRIC_BACKEND=gpu: exit 2 naming the option or variable;
+                  --backend cuda with no GPU (or no CUDA in the build) under mpirun: exit 2
+                  within 60 s, each worker naming itself, before the data preparation
   bad_output_dir  output_dir a regular file, or a path under one: exit 2 naming the key, the
                   path and the reason, before any work
   dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
@@ -219,6 +226,39 @@ def case_reshard(r):
     assert "written by 1 worker, now 2" in p.stdout, p.stdout[-2000:]
     check_rows(rows(out), rows(r.one()), (7, 8), False, "reshard 1 -> 2 workers")
     return "1-worker checkpoint continued by 2 workers within 1e-5"
+
+
+def case_staged(r):
+    base, out = r.two(), f"{r.root}/staged"
+    p = train(r.root, out, 2, ["--backend", "cpu-staged"])
+    assert "backend cpu-staged, MPI collectives" in p.stdout, p.stdout[-2000:]
+    check_rows(rows(out), rows(base), range(1, STEPS + 1), True, "cpu-staged vs cpu")
+    ha, hb = hashes(f"{out}/checkpoint-8.h5"), hashes(f"{base}/checkpoint-8.h5")
+    assert ha == hb, "cpu-staged: the final checkpoint differs from the CPU run's"
+    res = f"{r.root}/staged_resume"
+    copy_ckpt(out, 6, res)
+    train(r.root, res, 2, ["--backend", "cpu-staged", "--resume", "auto"])
+    check_rows(rows(res), rows(base), (7, 8), True, "cpu-staged resume")
+    assert hashes(f"{res}/checkpoint-8.h5") == hb, "cpu-staged resume: checkpoint differs"
+    return f"8 steps and {len(ha)} datasets bitwise equal to cpu, resume too"
+
+
+def case_backend_choice(r):
+    out = f"{r.root}/backend"
+    p = train(r.root, out, 0, ["--backend", "gpu"], check=False)
+    assert p.returncode == 2 and "--backend: unknown backend 'gpu'" in p.stdout, p.stdout
+    p = train(r.root, out, 0, env={"RUBRIC_BACKEND": "gpu"}, check=False)
+    assert p.returncode == 2 and "RUBRIC_BACKEND in the environment: unknown backend" \
+        in p.stdout, p.stdout
+    t0 = time.time()
+    p = train(r.root, out, 2, ["--backend", "cuda"], check=False)
+    took = time.time() - t0
+    assert p.returncode != 0 and took < 60, (p.returncode, took, p.stdout[-2000:])
+    why = re.findall(r"\[rank (\d)\] error: worker \d on \S+: backend 'cuda': "
+                     r"(?:no usable GPU|this rubric was built without CUDA)", p.stdout)
+    assert sorted(why) == ["1", "2"], p.stdout[-2000:]
+    assert "Exit code:    2" in p.stdout and "prep:" not in p.stdout, p.stdout[-2000:]
+    return f"bad names exit 2; --backend cuda without a GPU: exit 2 in {took:.0f} s"
 
 
 def case_sigterm(r):
@@ -443,7 +483,8 @@ def case_hung_worker(r):
     return f"exit {rc} after {dt:.1f} s: " + log[log.index("no answer"):].split(" within")[0]
 
 
-CASES = ["same_batch", "resume_1", "resume_2", "reshard", "sigterm", "sigterm_score",
+CASES = ["same_batch", "resume_1", "resume_2", "reshard", "staged", "backend_choice",
+         "sigterm", "sigterm_score",
          "kill_resume", "more_steps", "sigint", "bad_output_dir", "dead_worker", "hung_worker"]
 
 

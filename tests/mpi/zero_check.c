@@ -165,7 +165,7 @@ int main(int argc, char **argv)
     float *theta = xmalloc(n * sizeof *theta), *grads = xcalloc(n, sizeof *grads);
     init_theta(theta, n);
     zero_state z;
-    if (zero_init(&z, c, stage, n, theta))
+    if (zero_init(&z, c, NULL, kernel_ops_cpu(), stage, n, theta))
         rb_die_err(RB_EXIT_RUNTIME);
     size_t want_state = stage == 0 ? n : n / (size_t)n_workers;
     int bad = zero_state_elements(&z) != want_state;
