@@ -216,8 +216,8 @@ static const key_def config_keys[] = {
     {.name = "fp16", .kind = K_BOOL, .flags = F_NO_EMIT,
      .info = "rubric never trains in fp16 (no loss scaling): bf16 on CUDA, fp32 on the CPU"},
     BOOL_INFO("tf32", tf32,
-              "no effect: rubric picks GEMM precision per backend (fp32 OpenBLAS on the CPU, "
-              "cuBLAS on CUDA)"),
+              "on CUDA, TF32 tensor-core GEMMs when bf16 is false; the CPU backend computes in "
+              "fp32"),
     BOOL_INFO("flash_attention", flash_attention,
               "no effect: rubric has its own attention kernels, which keep packed samples "
               "apart"),

@@ -34,6 +34,18 @@ const kernel_ops *kernel_ops_select(const char *name)
     return NULL;
 }
 
+const char *kernel_gemm_precision_set(const kernel_ops *ops, int precision)
+{
+#if RUBRIC_HAVE_CUDA
+    if (ops && strcmp(ops->name, "cuda") == 0)
+        return kernel_cuda_gemm_precision(precision);
+#else
+    (void)ops;
+    (void)precision;
+#endif
+    return "fp32";
+}
+
 int kernel_backend_name_check(const char *name, const char *what)
 {
     static const char *const known[] = {"cpu", "cuda", "auto", "cpu-staged"};

@@ -174,12 +174,23 @@ const kernel_ops *kernel_ops_cuda(void);
 /* Devices this process sees (0 when none or no driver); with device >= 0 also makes that one
  * current (before kernel_ops_cuda's first call, which then starts on it). Starts no context. */
 int kernel_cuda_devices(int device);
+/* kernel_gemm_precision_set for the CUDA backend. */
+const char *kernel_cuda_gemm_precision(int precision);
 #endif
 
 /* Pick a backend by name: "cpu", "cuda" or "auto" (cuda when built and a GPU answers, else
  * cpu), or "cpu-staged" (tests). Returns NULL with err_set(RB_EXIT_INPUT) for an unknown or
  * unavailable name. */
 const kernel_ops *kernel_ops_select(const char *name);
+
+/* The GEMMs' precision on a GPU: fp32 (FMA on CUDA cores, the table's fp32 contract), tf32 or
+ * bf16 (tensor cores on inputs rounded to a 10-bit or bf16 mantissa, fp32 accumulation and
+ * output; storage stays fp32). */
+enum kernel_gemm_precision { KERNEL_GEMM_FP32 = 0, KERNEL_GEMM_TF32, KERNEL_GEMM_BF16 };
+/* Set it for every later GEMM of `ops` (process-wide) and return the name of the precision
+ * that holds: RUBRIC_CUDA_GEMM=fp32|tf32|bf16 in the environment overrides the request (for
+ * comparisons); the CPU backends always compute in fp32 ("fp32"). */
+const char *kernel_gemm_precision_set(const kernel_ops *ops, int precision);
 
 /* 0 when `name` is one kernel_ops_select knows, else err_set(RB_EXIT_INPUT) naming `what`
  * (e.g. "--backend") and the choices. Chooses nothing (starts no GPU). */

@@ -705,3 +705,37 @@ Test(model, bad_token_is_an_error)
     packed_batch_free(&b);
     model_free(m);
 }
+
+/* The config's bf16 / tf32 choose a GPU's GEMM precision as Axolotl's keys mean them; the CPU
+ * backends answer fp32 whatever is asked. */
+Test(model, gemm_precision_follows_bf16_and_tf32)
+{
+    static const struct {
+        const char *yaml;
+        int want;
+    } cases[] = {
+        {"base_model: m\n", KERNEL_GEMM_BF16},
+        {"base_model: m\nbf16: auto\ntf32: true\n", KERNEL_GEMM_BF16},
+        {"base_model: m\nbf16: true\n", KERNEL_GEMM_BF16},
+        {"base_model: m\nbf16: false\ntf32: true\n", KERNEL_GEMM_TF32},
+        {"base_model: m\nbf16: false\n", KERNEL_GEMM_FP32},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rubric_config cfg;
+        config_defaults(&cfg);
+        cr_assert_eq(config_load_text(&cfg, "t.yml", cases[i].yaml, 0), 0, "%s", err_msg());
+        cr_expect_eq(model_gemm_precision_of(&cfg), cases[i].want, "case %zu: %s", i,
+                     cases[i].yaml);
+        model_options o;
+        model_options_defaults(&o);
+        model_options_from_config(&o, &cfg);
+        cr_expect_eq(o.gemm_precision, cases[i].want, "case %zu", i);
+        config_free(&cfg);
+    }
+    model_options o;
+    model_options_defaults(&o);
+    cr_expect_eq(o.gemm_precision, KERNEL_GEMM_BF16, "the default is bf16: auto's");
+    cr_expect_str_eq(kernel_gemm_precision_set(kernel_ops_cpu(), KERNEL_GEMM_BF16), "fp32");
+    cr_expect_str_eq(kernel_gemm_precision_set(kernel_ops_cpu_staged(), KERNEL_GEMM_TF32),
+                     "fp32");
+}

@@ -40,6 +40,8 @@ typedef struct {
     uint64_t seed;             /* LoRA A init and dropout masks */
     int64_t flat_align;        /* pad the flat buffer to a multiple of this (elements); >= 1 */
     const char *backend;       /* "cpu", "cuda" or "auto" (default "cpu") */
+    int gemm_precision;        /* enum kernel_gemm_precision for a GPU's GEMMs (default bf16,
+                                * as the config's `bf16: auto`); the CPU computes in fp32 */
     int max_tokens;            /* hint only: the workspace grows to the largest batch seen */
 } model_options;
 
@@ -67,6 +69,10 @@ typedef struct {
 } model_trainable_view;
 
 typedef struct model model;
+
+/* The GEMM precision a config asks of a GPU: bf16 (`bf16: true` or `auto`), else tf32 when
+ * `tf32: true`, else fp32. */
+int model_gemm_precision_of(const rubric_config *cfg);
 
 /*
  * Load a Hugging Face folder. A missing tensor, a wrong shape or a truncated file is an error

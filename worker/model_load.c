@@ -22,6 +22,14 @@ void model_options_defaults(model_options *o)
     o->seed = 42;
     o->flat_align = 1;
     o->backend = "cpu";
+    o->gemm_precision = KERNEL_GEMM_BF16;
+}
+
+int model_gemm_precision_of(const rubric_config *cfg)
+{
+    if (strcmp(cfg->bf16, "false") != 0) /* true, or auto: every supported card has bf16 */
+        return KERNEL_GEMM_BF16;
+    return cfg->tf32 ? KERNEL_GEMM_TF32 : KERNEL_GEMM_FP32;
 }
 
 void model_options_from_config(model_options *o, const rubric_config *cfg)
@@ -35,6 +43,7 @@ void model_options_from_config(model_options *o, const rubric_config *cfg)
     o->lora_targets = cfg->lora_targets;
     o->gradient_checkpointing = cfg->gradient_checkpointing;
     o->seed = cfg->seed;
+    o->gemm_precision = model_gemm_precision_of(cfg);
 }
 
 /* ---- weights ---- */
@@ -239,6 +248,7 @@ int model_load(model **out, const char *dir, const model_options *opt)
     if (opt->adapter != ADAPTER_NONE && opt->lora_r <= 0)
         return err_set(RB_EXIT_INPUT, "lora_r must be >= 1 (got %d)", opt->lora_r);
 
+    kernel_gemm_precision_set(ops, opt->gemm_precision);
     model *m = xcalloc(1, sizeof(*m));
     m->ops = ops;
     m->opt = *opt;

@@ -2,11 +2,13 @@
  * cuda_table.cu: the CUDA backend's start-up (is there a usable GPU?), its memory, the cuBLAS
  * GEMM, scratch buffers and the operation table.
  *
- * GEMM: cublasGemmEx on fp32 matrices. The compute type comes from RUBRIC_CUDA_GEMM in the
- * environment: fp32 (the default: fp32 FMA accumulation, no tensor cores, so the table's fp32
- * contract holds), tf32 (tensor cores on inputs rounded to a 10-bit mantissa) or bf16 (tensor
- * cores on inputs rounded to bf16, the rate of the card's bf16 peak), both accumulating in
- * fp32. RUBRIC_CUDA_TF32=1, the older switch, still means tf32.
+ * GEMM: cublasGemmEx on fp32 matrices. The compute type is the model config's
+ * (kernel_gemm_precision_set: `bf16: true|auto` bf16, else `tf32: true` tf32, else fp32), or
+ * RUBRIC_CUDA_GEMM's in the environment, which overrides it: fp32 (fp32 FMA accumulation, no
+ * tensor cores: the table's fp32 contract; also before any model chose), tf32 (tensor cores
+ * on inputs rounded to a 10-bit mantissa) or bf16 (tensor cores on inputs rounded to bf16, the
+ * rate of the card's bf16 peak), both accumulating in fp32. RUBRIC_CUDA_TF32=1, the older
+ * switch, still means tf32.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -19,6 +21,26 @@
 
 static cublasHandle_t cuda_handle;
 static cublasComputeType_t cuda_gemm_compute = CUBLAS_COMPUTE_32F;
+static const char *const gemm_names[] = {"fp32", "tf32", "bf16"}; /* enum kernel_gemm_precision */
+static int gemm_now = KERNEL_GEMM_FP32;
+static int gemm_env_fixed;   /* RUBRIC_CUDA_GEMM chose it: requests do not change it */
+static int gemm_logged = -1; /* the precision last announced */
+
+static int gemm_precision_by_name(const char *name)
+{
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, gemm_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static void gemm_set(int p)
+{
+    gemm_now = p;
+    cuda_gemm_compute = p == KERNEL_GEMM_BF16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                        : p == KERNEL_GEMM_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                : CUBLAS_COMPUTE_32F;
+}
 static const kernel_ops *cuda_table_ptr;  /* NULL when no usable GPU */
 static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
 static size_t cuda_peak_used;
@@ -58,25 +80,43 @@ static void cuda_start(void)
                 "instead", cublasGetStatusName(st));
         return;
     }
+    /* RUBRIC_CUDA_GEMM (or the older RUBRIC_CUDA_TF32=1) fixes the GEMMs' compute type for
+     * the process; without it the model's config chooses (kernel_cuda_gemm_precision) */
     const char *mode = getenv("RUBRIC_CUDA_GEMM"), *tf32 = getenv("RUBRIC_CUDA_TF32");
-    if (!mode || !*mode)
-        mode = tf32 && strcmp(tf32, "1") == 0 ? "tf32" : "fp32";
-    if (strcmp(mode, "tf32") == 0)
-        cuda_gemm_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-    else if (strcmp(mode, "bf16") == 0)
-        cuda_gemm_compute = CUBLAS_COMPUTE_32F_FAST_16BF;
-    else if (strcmp(mode, "fp32") != 0) {
-        log_msg(CUDA_LOG_WARN, "RUBRIC_CUDA_GEMM=%s is none of fp32, tf32, bf16: fp32 GEMMs",
-                mode);
-        mode = "fp32";
+    if ((!mode || !*mode) && tf32 && strcmp(tf32, "1") == 0)
+        mode = "tf32";
+    if (mode && *mode) {
+        int p = gemm_precision_by_name(mode);
+        if (p < 0) {
+            log_msg(CUDA_LOG_WARN, "RUBRIC_CUDA_GEMM=%s is none of fp32, tf32, bf16: ignored",
+                    mode);
+        } else {
+            gemm_env_fixed = 1;
+            gemm_set(p);
+        }
     }
     CUBLAS_CHECK(cublasSetMathMode(cuda_handle, CUBLAS_DEFAULT_MATH));
     CUBLAS_CHECK(cublasSetStream(cuda_handle, 0));
-    log_msg(CUDA_LOG_INFO, "CUDA backend: device %d of %d, %s (sm_%d%d, %.1f GiB), GEMMs in %s",
-            dev, count, prop.name, prop.major, prop.minor,
-            (double)prop.totalGlobalMem / (1 << 30), mode);
+    log_msg(CUDA_LOG_INFO, "CUDA backend: device %d of %d, %s (sm_%d%d, %.1f GiB)%s%s%s", dev,
+            count, prop.name, prop.major, prop.minor, (double)prop.totalGlobalMem / (1 << 30),
+            gemm_env_fixed ? ", GEMMs in " : "", gemm_env_fixed ? gemm_names[gemm_now] : "",
+            gemm_env_fixed ? " (RUBRIC_CUDA_GEMM)" : "");
     cuda_table_fill(&cuda_ops_table);
     cuda_table_ptr = &cuda_ops_table;
+}
+
+extern "C" const char *kernel_cuda_gemm_precision(int precision)
+{
+    if (precision < KERNEL_GEMM_FP32 || precision > KERNEL_GEMM_BF16)
+        precision = KERNEL_GEMM_FP32;
+    if (!gemm_env_fixed)
+        gemm_set(precision);
+    if (gemm_logged != gemm_now) {
+        gemm_logged = gemm_now;
+        log_msg(CUDA_LOG_INFO, "CUDA backend: GEMMs in %s%s", gemm_names[gemm_now],
+                gemm_env_fixed ? " (RUBRIC_CUDA_GEMM)" : " (the config's bf16 / tf32)");
+    }
+    return gemm_names[gemm_now];
 }
 
 extern "C" int kernel_cuda_devices(int device)
