@@ -32,7 +32,8 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
   staged          2 workers on "cpu-staged" (the CPU kernels behind the device-memory paths a
                   GPU takes: model upload, checkpoint slices downloaded to host copies, a
                   resume's state uploaded) give steps 1-8 and the final checkpoint bitwise
-                  equal to the plain CPU run, and so does a staged resume from step 6
+                  equal to the plain CPU run, and so does a staged resume from step 6 and a
+                  QLoRA run (one process)
   backend_choice  --backend gpu and RUBRIC_BACKEND=gpu: exit 2 naming the option or variable;
                   --backend cuda with no GPU (or no CUDA in the build) under mpirun: exit 2
                   within 60 s, each worker naming itself, before the data preparation
@@ -240,7 +241,13 @@ def case_staged(r):
     train(r.root, res, 2, ["--backend", "cpu-staged", "--resume", "auto"])
     check_rows(rows(res), rows(base), (7, 8), True, "cpu-staged resume")
     assert hashes(f"{res}/checkpoint-8.h5") == hb, "cpu-staged resume: checkpoint differs"
-    return f"8 steps and {len(ha)} datasets bitwise equal to cpu, resume too"
+    # QLoRA: the NF4 base weights (packed codes, expanded scales) go through the upload too
+    q = ["--set", "adapter=qlora", "--set", "load_in_4bit=true"]
+    qa, qb = f"{r.root}/qlora_cpu", f"{r.root}/qlora_staged"
+    train(r.root, qa, 0, q + ["--backend", "cpu"])
+    train(r.root, qb, 0, q + ["--backend", "cpu-staged"])
+    check_rows(rows(qb), rows(qa), range(1, STEPS + 1), True, "QLoRA cpu-staged vs cpu")
+    return f"8 steps and {len(ha)} datasets bitwise equal to cpu, resume and QLoRA too"
 
 
 def case_backend_choice(r):
