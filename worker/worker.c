@@ -22,8 +22,30 @@ static void table_from_model(worker_ctx *wk)
     }
 }
 
+/* On GPUs: no two workers on one physical device (NCCL runs one rank per GPU). The first
+ * worker that shares its GPU with an earlier one, or 0. Collective over the workers. */
+static int shared_gpu(const world *w, int *with)
+{
+    char mine[40] = "";
+#if RUBRIC_HAVE_CUDA
+    cuda_info_device_uuid(mine, sizeof mine);
+#endif
+    char *all = xcalloc((size_t)w->n_workers, sizeof mine);
+    MPI_Allgather(mine, (int)sizeof mine, MPI_CHAR, all, (int)sizeof mine, MPI_CHAR,
+                  w->workers);
+    int dup = 0;
+    *with = -1;
+    for (int i = 0; i < w->worker_index && *mine; i++)
+        if (strcmp(all + (size_t)i * sizeof mine, mine) == 0) {
+            dup = 1, *with = i;
+            break;
+        }
+    free(all);
+    return dup;
+}
+
 /* Every worker takes the same kind of backend: with cuda (or auto finding GPUs) each worker
- * its own GPU, since NCCL runs one rank per device. */
+ * its own GPU. */
 int worker_pick_backend(worker_ctx *wk, const world *w, const char *want)
 {
     memset(wk, 0, sizeof *wk);
@@ -37,11 +59,6 @@ int worker_pick_backend(worker_ctx *wk, const world *w, const char *want)
     wk->ops = kernel_ops_select_local(want, local, &gpus);
     int on_gpu = wk->ops && strcmp(wk->ops->name, "cuda") == 0;
     int mine = !wk->ops ? RB_EXIT_INPUT : 0;
-    if (!mine && on_gpu && n_local > gpus)
-        mine = err_set(RB_EXIT_INPUT, "%d workers on %s share %d GPU%s: NCCL needs one GPU "
-                       "per worker (ask Slurm for one per worker, e.g. --gres=gpu:%d, start "
-                       "the workers through slurm/gpu_bind.sh, or use --backend cpu)",
-                       n_local, w->host, gpus, plural_s(gpus), n_local);
     int v[3] = {mine, on_gpu, !on_gpu}, all[3];
     MPI_Allreduce(v, all, 3, MPI_INT, MPI_MAX, w->workers);
     if (mine)
@@ -55,6 +72,18 @@ int worker_pick_backend(worker_ctx *wk, const world *w, const char *want)
                                 "other workers did: every worker needs one (slurm/gpu_bind.sh),"
                                 " or use --backend cpu everywhere", w->worker_index, w->host);
     if (on_gpu) {
+        int with = -1, dup = shared_gpu(w, &with), any = 0;
+        MPI_Allreduce(&dup, &any, 1, MPI_INT, MPI_MAX, w->workers);
+        if (dup)
+            return err_set(RB_EXIT_INPUT, "worker %d on %s has the GPU of worker %d (%d "
+                           "workers on this host, %d GPU%s visible to each): NCCL needs one "
+                           "GPU per worker; ask Slurm for one per worker (--gres=gpu:%d) and "
+                           "start them through slurm/gpu_bind.sh, or use --backend cpu",
+                           w->worker_index, w->host, with, n_local, gpus, plural_s(gpus),
+                           n_local);
+        if (any)
+            return err_set(RB_EXIT_INPUT, "two workers share a GPU (see the message of the "
+                           "later one)");
         char name[96] = "?";
         int major = 0, minor = 0;
 #if RUBRIC_HAVE_CUDA

@@ -156,6 +156,19 @@ extern "C" int cuda_info_device(char *name, size_t name_len, int *cc_major, int 
     return 1;
 }
 
+extern "C" int cuda_info_device_uuid(char *buf, size_t len)
+{
+    if (!kernel_ops_cuda() || len < 33)
+        return 0;
+    int dev = 0;
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    for (int i = 0; i < 16; i++)
+        snprintf(buf + 2 * i, 3, "%02x", (unsigned char)prop.uuid.bytes[i]);
+    return 1;
+}
+
 extern "C" size_t cuda_info_peak_bytes(void) { return cuda_peak_used; }
 
 /* ---- memory ---- */
