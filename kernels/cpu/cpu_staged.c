@@ -52,7 +52,9 @@ static void *host(const void *p, const char *what)
     return (void *)p;
 }
 
-#define R(p) real((p), __func__)
+/* The op's name from its wrapper's (staged_gemm: gemm), for the messages above. */
+#define OP (__func__ + sizeof "staged_" - 1)
+#define R(p) real((p), OP)
 
 /* ---- memory ---- */
 
@@ -69,12 +71,12 @@ static void staged_free(void *p) { cpu_free(R(p)); }
 
 static void staged_upload(void *dst, const void *src, size_t bytes)
 {
-    cpu_upload(R(dst), host(src, __func__), bytes);
+    cpu_upload(R(dst), host(src, OP), bytes);
 }
 
 static void staged_download(void *dst, const void *src, size_t bytes)
 {
-    cpu_download(host(dst, __func__), R(src), bytes);
+    cpu_download(host(dst, OP), R(src), bytes);
 }
 
 static void staged_copy(void *dst, const void *src, size_t bytes) { cpu_copy(R(dst), R(src), bytes); }
