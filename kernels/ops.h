@@ -164,9 +164,14 @@ typedef struct kernel_ops {
 
 /* The CPU backend (always available). */
 const kernel_ops *kernel_ops_cpu(void);
-/* "cpu-staged": the CPU backend's ops with host_memory = 0, so the code above the table takes
- * its device-memory paths (staging through upload/download, the checkpoint copies) on the CPU,
- * where tests can run them. Not for users: it is only slower. */
+/* "cpu-staged" (kernels/cpu/cpu_staged.c): the CPU backend's ops with host_memory = 0, so the
+ * code above the table takes its device-memory paths (staging through upload/download, the
+ * checkpoint copies) on the CPU, where tests can run them. Its buffers are guarded like device
+ * memory: alloc returns the real address plus a constant (bits 63 and 55) that makes it
+ * non-canonical on x86-64 (and a kernel-half address on aarch64), and every op translates its
+ * backend pointers back before the CPU kernel runs, so a host dereference of a backend pointer
+ * (memcpy, fread, HDF5, MPI) faults as it would on a GPU. An op given a host pointer where a
+ * backend buffer belongs dies naming the op. Not for users: it is only slower. */
 const kernel_ops *kernel_ops_cpu_staged(void);
 #if RUBRIC_HAVE_CUDA
 /* The CUDA backend; NULL when no usable GPU is present. */

@@ -59,6 +59,8 @@ int zero_init(zero_state *z, comm *c, comm *host_comm, const kernel_ops *ops, in
     z->exp_avg_sq = ops->alloc(bytes);
     if (stage == 2)
         z->grad_shard = ops->alloc(z->part_len * sizeof(float));
+    if (comm_get_backend(c) == COMM_MPI && !ops->host_memory)
+        z->host_stage = xmalloc((n_padded + z->part_len) * sizeof(float));
     return 0;
 }
 
@@ -70,6 +72,7 @@ void zero_free(zero_state *z)
         z->ops->free(z->exp_avg_sq);
         z->ops->free(z->grad_shard);
     }
+    free(z->host_stage);
     memset(z, 0, sizeof *z);
 }
 
@@ -79,11 +82,20 @@ size_t zero_state_elements(const zero_state *z) { return z->state_len; }
 static int reduce_grads(zero_state *z, float *grads, float **g_local)
 {
     int rc;
+    float *h = z->host_stage; /* MPI on non-host backend memory: through host copies */
+    if (h)
+        z->ops->download(h, grads, z->n_padded * sizeof(float));
     if (z->stage == 2) {
-        rc = comm_reduce_scatter(z->comm, grads, z->grad_shard, z->part_len, COMM_F32);
+        rc = h ? comm_reduce_scatter(z->comm, h, h + z->n_padded, z->part_len, COMM_F32)
+               : comm_reduce_scatter(z->comm, grads, z->grad_shard, z->part_len, COMM_F32);
+        if (!rc && h)
+            z->ops->upload(z->grad_shard, h + z->n_padded, z->part_len * sizeof(float));
         *g_local = z->grad_shard;
     } else {
-        rc = comm_all_reduce(z->comm, grads, grads, z->n_padded, COMM_F32);
+        float *buf = h ? h : grads;
+        rc = comm_all_reduce(z->comm, buf, buf, z->n_padded, COMM_F32);
+        if (!rc && h)
+            z->ops->upload(grads, h, z->n_padded * sizeof(float));
         *g_local = grads + z->state_begin;
     }
     return rc ? err_prefix(rc, "zero stage %d: reducing the gradients", z->stage) : 0;
@@ -104,7 +116,17 @@ int zero_sync_params(zero_state *z, float *params)
     z->ops->copy(params + z->state_begin, z->master, z->state_len * sizeof(float));
     if (z->stage == 0)
         return 0;
-    int rc = comm_all_gather(z->comm, params + z->part_begin, params, z->part_len, COMM_F32);
+    int rc;
+    float *h = z->host_stage; /* MPI on non-host backend memory: through a host copy */
+    if (h) {
+        z->ops->download(h + z->part_begin, params + z->part_begin,
+                         z->part_len * sizeof(float));
+        rc = comm_all_gather(z->comm, h + z->part_begin, h, z->part_len, COMM_F32);
+        if (!rc)
+            z->ops->upload(params, h, z->n_padded * sizeof(float));
+    } else {
+        rc = comm_all_gather(z->comm, params + z->part_begin, params, z->part_len, COMM_F32);
+    }
     return rc ? err_prefix(rc, "zero stage %d: gathering the parameters", z->stage) : 0;
 }
 

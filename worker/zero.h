@@ -25,7 +25,9 @@
  * backend `ops` and every computation on them is one of its ops (sumsq, scale, adamw, copy,
  * memset0), so the same code runs on host memory with the CPU backend and MPI collectives, and
  * on device memory with the CUDA backend and NCCL collectives. The global norm's one double is
- * all-reduced over `host_comm` (MPI, host memory; the same comm when that one is MPI). AdamW is
+ * all-reduced over `host_comm` (MPI, host memory; the same comm when that one is MPI). MPI
+ * collectives on a backend whose buffers are not host memory (the cpu-staged test backend) go
+ * through host copies (download, collective, upload): the same sums, bitwise. AdamW is
  * adamw_math.h's arithmetic on either backend, so one worker's step is bitwise the host
  * reference's (tests/mpi/zero_check.c).
  */
@@ -66,6 +68,9 @@ typedef struct {
     float *exp_avg;          /* [state_len] AdamW first moment (backend memory) */
     float *exp_avg_sq;       /* [state_len] AdamW second moment (backend memory) */
     float *grad_shard;       /* [part_len] stage 2 only (NULL otherwise; backend memory) */
+    float *host_stage;       /* [n_padded + part_len] host copies for MPI collectives on a
+                              * backend whose memory is not host memory (cpu-staged); NULL
+                              * otherwise */
 } zero_state;
 
 /* n rounded up to a multiple of n_workers * align (align >= 1). */

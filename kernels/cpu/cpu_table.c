@@ -42,19 +42,3 @@ const kernel_ops *kernel_ops_cpu(void)
     cpu_blas_check();
     return &cpu_ops;
 }
-
-/* The same table under another name, declaring its memory not host memory: every caller then
- * takes the path it takes for a GPU (stage, upload, download), on buffers it can still
- * inspect. Only for tests of those paths; see ops.h. */
-static kernel_ops cpu_staged_ops;
-
-const kernel_ops *kernel_ops_cpu_staged(void)
-{
-    cpu_blas_check();
-    if (!cpu_staged_ops.name) {
-        cpu_staged_ops = cpu_ops;
-        cpu_staged_ops.host_memory = 0;
-        cpu_staged_ops.name = "cpu-staged";
-    }
-    return &cpu_staged_ops;
-}
