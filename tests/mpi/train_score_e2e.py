@@ -13,6 +13,7 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
                 per-position modes of the TRAINING rows' outputs (computed here independently);
                 and the scores equal, line for line, those of a separate `mpirun -np 3 rubric
                 score --adapter <final checkpoint>` on the same file (same model, same rows),
+                and the same bytes with --backend cpu-staged (the device-memory paths),
                 while the base model without the adapter scores differently (so the trained
                 weights are what both runs used)
   missing_file  a score_after_train file that does not exist: exit 2 before training, naming
@@ -192,6 +193,18 @@ def case_after_train(root, train, tests):
             diff = [i for i, (a, b) in enumerate(zip(preds, separate)) if a != b]
             fail(f"{name}: scores after training differ from `rubric score --adapter` "
                  f"at rows {diff[:10]} (of {len(preds)})")
+        # and by the device-memory paths (cpu-staged: the checkpoint read into a host copy
+        # and uploaded, logits downloaded): byte for byte the same file
+        staged = f"{root}/staged-{name}.jsonl"
+        rc, gout = run([RUBRIC, "score", "--model", f"{root}/model", "--adapter", ckpt,
+                        "--input", f"{root}/{name}.jsonl", "--output", staged,
+                        "--backend", "cpu-staged"])
+        if rc != 0:
+            print(gout)
+            fail(f"rubric score --adapter --backend cpu-staged exited {rc}")
+        with open(sep, "rb") as a, open(staged, "rb") as b:
+            if a.read() != b.read():
+                fail(f"{name}: --backend cpu-staged predictions differ from cpu's")
     # rows without "output" (nothing to infer K from): K comes from the checkpoint, which
     # records its training data's scores per row, as `rubric inspect` shows
     k = len(tests["test"][0]["output"].split())
