@@ -104,6 +104,25 @@ int main(int argc, char **argv)
         CHECK(sum == w.n_workers * (w.n_workers - 1) / 2, "sum of worker indices %d", sum);
     }
 
+    /* world_node_place: one host, so the workers (participants) are numbered 0..n_workers-1
+     * in rank order and rank 0, when it only coordinates, is not counted (which GPU a worker
+     * takes); also over the workers' own communicator, everyone taking part */
+    {
+        int index = -1, count = -1;
+        CHECK(world_node_place(w.world, w.is_worker, &index, &count) == 0, "%s", err_msg());
+        CHECK(count == w.n_workers, "node place: %d participants, expected %d", count,
+              w.n_workers);
+        if (w.is_worker)
+            CHECK(index == w.worker_index, "node place: index %d, expected %d", index,
+                  w.worker_index);
+        if (w.is_worker) {
+            index = count = -1;
+            CHECK(world_node_place(w.workers, 1, &index, &count) == 0, "%s", err_msg());
+            CHECK(index == w.worker_index && count == w.n_workers,
+                  "node place among the workers: %d of %d", index, count);
+        }
+    }
+
     /* errors return: a send to a rank that does not exist, named by world_check */
     int junk = 0;
     int rc = MPI_Send(&junk, 1, MPI_INT, w.size + 5, 0, w.world);
