@@ -11,6 +11,7 @@
  * switch, still means tf32.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
