@@ -1106,6 +1106,9 @@ int score_check_metrics_path(const score_options *o)
         rc = err_set(RB_EXIT_INPUT, "--metrics %s is the output (or one of its side files): "
                      "the metrics would replace the predictions; give another --metrics",
                      mpath);
+    else if (o->baseline_from && same_path(mpath, o->baseline_from))
+        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the --baseline-from file: the metrics "
+                     "would replace the reference rows; give another --metrics", mpath);
     else if (path_is_dir(mpath))
         rc = err_set(RB_EXIT_INPUT, "--metrics %s is a directory: give a file name", mpath);
     else
@@ -1145,9 +1148,16 @@ static int check_paths(const score_options *o)
                        "replace the rows; give another --output", o->output);
     char *partial = xasprintf("%s.partial", o->output);
     char *journal = xasprintf("%s.journal", o->output);
+    const char *ref = o->baseline_from;
     if (strcmp(o->input, partial) == 0 || strcmp(o->input, journal) == 0)
         rc = err_set(RB_EXIT_INPUT, "--input %s is a side file of --output %s; give another "
                      "--output", o->input, o->output);
+    else if (ref && same_path(ref, o->output))
+        rc = err_set(RB_EXIT_INPUT, "--output %s is the --baseline-from file: the predictions "
+                     "would replace the reference rows; give another --output", o->output);
+    else if (ref && (same_path(ref, partial) || same_path(ref, journal)))
+        rc = err_set(RB_EXIT_INPUT, "--baseline-from %s is a side file of --output %s; give "
+                     "another --output", ref, o->output);
     if (!rc)
         rc = score_check_metrics_path(o);
     free(partial);

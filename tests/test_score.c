@@ -783,6 +783,46 @@ Test(score, baseline_from_is_checked_up_front)
     st_rm_rf(dir);
 }
 
+/* --output or --metrics naming the --baseline-from file (by path, symlink or hard link) would
+ * overwrite the reference rows: exit 2 up front, the reference untouched. */
+Test(score, output_or_metrics_that_is_the_baseline_is_refused)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *ref = st_path(dir, "ref.jsonl"), *keep = st_path(dir, "keep.jsonl");
+    char *sym = st_path(dir, "sym.jsonl"), *hard = st_path(dir, "hard.jsonl");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    st_write_rows(ref, 30, 3, 0);
+    st_write_rows(keep, 30, 3, 0);
+    cr_assert_eq(symlink(ref, sym), 0);
+    cr_assert_eq(link(ref, hard), 0);
+    const char *names[] = {ref, sym, hard};
+    for (int i = 0; i < 3; i++) {
+        char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output",
+                      (char *)names[i], "--baseline-from", ref, NULL};
+        cr_assert_eq(st_run(a1, log, NULL), 2, "--output %s: see %s", names[i], log);
+        cr_assert(log_has(log, "is the --baseline-from file"), "see %s", log);
+        cr_assert(st_same_file(ref, keep), "--output %s: the reference was changed", names[i]);
+        assert_nothing_written(names[i]);
+        char *a2[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                      "--metrics", (char *)names[i], "--baseline-from", ref, NULL};
+        cr_assert_eq(st_run(a2, log, NULL), 2, "--metrics %s: see %s", names[i], log);
+        cr_assert(log_has(log, "is the --baseline-from file"), "see %s", log);
+        cr_assert(st_same_file(ref, keep), "--metrics %s: the reference was changed", names[i]);
+        cr_assert(access(out, F_OK) != 0, "the rows were scored; see %s", log);
+    }
+
+    /* the same in --metrics-only, once the predictions exist */
+    char *a3[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a3, log, NULL), 0, "see %s", log);
+    char *a4[] = {(char *)st_bin(), "score", "--metrics-only", "--input", in, "--output", out,
+                  "--metrics", sym, "--baseline-from", ref, NULL};
+    cr_assert_eq(st_run(a4, log, NULL), 2, "see %s", log);
+    cr_assert(st_same_file(ref, keep), "the reference was changed");
+    st_rm_rf(dir);
+}
+
 /* A missing output folder that cannot be made (under a file, which stops root too) is the
  * user's path: exit 2 before any work, like an unwritable folder. */
 Test(score, output_folder_that_cannot_be_made_is_bad_input)
