@@ -1158,6 +1158,11 @@ static int check_paths(const score_options *o)
     else if (ref && (same_path(ref, partial) || same_path(ref, journal)))
         rc = err_set(RB_EXIT_INPUT, "--baseline-from %s is a side file of --output %s; give "
                      "another --output", ref, o->output);
+    else if (path_is_dir(partial) || path_is_dir(journal))
+        rc = err_set(RB_EXIT_INPUT, "%s is a directory, where --output %s keeps its %s: "
+                     "remove it or give another --output", path_is_dir(partial) ? partial
+                     : journal, o->output, path_is_dir(partial) ? "rows while scoring"
+                     : "journal (for --resume)");
     if (!rc)
         rc = score_check_metrics_path(o);
     free(partial);

@@ -823,6 +823,31 @@ Test(score, output_or_metrics_that_is_the_baseline_is_refused)
     st_rm_rf(dir);
 }
 
+/* OUTPUT.partial or OUTPUT.journal that is a folder: exit 2 up front, naming it, the folder
+ * left as it was (also with --resume). */
+Test(score, side_files_that_are_folders_are_refused_up_front)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    const char *sides[] = {"p.jsonl.partial", "p.jsonl.journal"};
+    for (int i = 0; i < 2; i++) {
+        char *side = st_path(dir, sides[i]);
+        cr_assert_eq(mkdir(side, 0755), 0);
+        for (int resume = 0; resume < 2; resume++) {
+            char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output",
+                            out, resume ? "--resume" : NULL, NULL};
+            cr_assert_eq(st_run(argv, log, NULL), 2, "%s: see %s", side, log);
+            char want[700];
+            snprintf(want, sizeof want, "%s is a directory", side);
+            cr_assert(log_has(log, want), "not named; see %s", log);
+            cr_assert(path_is_dir(side) && access(out, F_OK) != 0);
+        }
+        cr_assert_eq(rmdir(side), 0);
+    }
+    st_rm_rf(dir);
+}
+
 /* A missing output folder that cannot be made (under a file, which stops root too) is the
  * user's path: exit 2 before any work, like an unwritable folder. */
 Test(score, output_folder_that_cannot_be_made_is_bad_input)
