@@ -1291,28 +1291,60 @@ typedef struct {
     char why[160];
 } truth_problems;
 
+/* A wrong field of a prediction line: "FIELD: VALUE WHAT" into why (the value as JSON,
+ * shortened). Returns -3. */
+static int pred_field_error(char *why, size_t n, const char *field, const json_t *v,
+                            const char *what)
+{
+    char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(10)) : NULL;
+    snprintf(why, n, "%s: %.40s%s %s", field, text ? text : "(missing)",
+             text && strlen(text) > 40 ? "..." : "", what);
+    free(text);
+    return -3;
+}
+
 /* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
- * -1 when the line is not ours, -2 when it has *n_scores scores where k are due; *row its
- * "row" (-1 without one). */
-static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64_t *row,
-                   size_t *n_scores)
+ * -1 when the line is not ours, -2 when it has *n_scores scores where k are due, -3 when a
+ * field is wrong (an unknown status, a score that is not an integer in lo..hi: why says
+ * which); *row its "row" (-1 without one). */
+static int pred_of(const char *line, int k, int lo, int hi, int *scores, int *off_grammar,
+                   int64_t *row, size_t *n_scores, char *why, size_t why_n)
 {
     json_t *obj = json_loads(line, 0, NULL);
     if (!obj)
         return -1;
     json_t *r = json_object_get(obj, "row");
     *row = json_is_integer(r) ? (int64_t)json_integer_value(r) : -1;
-    const char *status = json_string_value(json_object_get(obj, "status"));
+    json_t *jstatus = json_object_get(obj, "status");
+    const char *status = json_string_value(jstatus);
     json_t *arr = json_object_get(obj, "scores");
-    int rc = status && strcmp(status, "bad_row") == 0 ? 0 : -1;
     *n_scores = json_array_size(arr);
-    if (status && rc && json_is_array(arr) && *n_scores != (size_t)k && *n_scores > 0)
+    int rc;
+    if (!jstatus)
+        rc = -1;
+    else if (status && strcmp(status, "bad_row") == 0)
+        rc = 0;
+    else if (!status || (strcmp(status, "ok") != 0 && strcmp(status, "off_grammar") != 0))
+        rc = pred_field_error(why, why_n, "status", jstatus, "is not ok, off_grammar or bad_row");
+    else if (!json_is_array(arr) || *n_scores == 0)
+        rc = pred_field_error(why, why_n, "scores", arr, "is not a list of scores");
+    else if (*n_scores != (size_t)k)
         rc = -2;
-    else if (status && rc && *n_scores == (size_t)k) {
-        for (int i = 0; i < k; i++)
-            scores[i] = (int)json_integer_value(json_array_get(arr, (size_t)i));
-        *off_grammar = strcmp(status, "off_grammar") == 0;
+    else {
         rc = 1;
+        for (int i = 0; i < k && rc == 1; i++) {
+            json_t *v = json_array_get(arr, (size_t)i);
+            char field[32], range[48];
+            snprintf(field, sizeof field, "scores[%d]", i);
+            snprintf(range, sizeof range, "is outside %d..%d", lo, hi);
+            if (!json_is_integer(v))
+                rc = pred_field_error(why, why_n, field, v, "is not an integer");
+            else if (json_integer_value(v) < lo || json_integer_value(v) > hi)
+                rc = pred_field_error(why, why_n, field, v, range);
+            else
+                scores[i] = (int)json_integer_value(v);
+        }
+        *off_grammar = strcmp(status, "off_grammar") == 0;
     }
     json_decref(obj);
     return rc;
@@ -1366,8 +1398,12 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
         int have_truth = truth_of(in.line, in.len, m->k, m->score_min, m->score_max, t);
         int64_t row = -1;
         size_t n_scores = 0;
-        int have_pred = pred_of(pr.line, m->k, p, &og, &row, &n_scores);
-        if (have_pred == -2)
+        char why[160] = "";
+        int have_pred = pred_of(pr.line, m->k, m->score_min, m->score_max, p, &og, &row,
+                                &n_scores, why, sizeof why);
+        if (have_pred == -3)
+            rc = err_set(RB_EXIT_INPUT, "%s:%lld: %s", preds_path, (long long)pr.lineno, why);
+        else if (have_pred == -2)
             rc = err_set(RB_EXIT_INPUT, "%s:%lld: the prediction has %zu score%s, where K is %d "
                          "(--num-scores, else inferred from the input): give the --num-scores "
                          "these predictions were made with (--num-scores %zu)", preds_path,

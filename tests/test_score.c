@@ -1057,6 +1057,65 @@ Test(score, metrics_only_names_the_score_count_and_a_short_output)
     st_rm_rf(dir);
 }
 
+/* Replace line `lineno` (1-based) of path by text (without its '\n'). */
+static void replace_line(const char *path, int lineno, const char *text)
+{
+    char *all = st_read(path, NULL);
+    char *at = all;
+    for (int i = 1; i < lineno; i++)
+        at = strchr(at, '\n') + 1;
+    char *next = strchr(at, '\n') + 1;
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "%s", path);
+    fwrite(all, 1, (size_t)(at - all), f);
+    fprintf(f, "%s\n", text);
+    fputs(next, f);
+    fclose(f);
+    free(all);
+}
+
+/* --metrics-only: a prediction with a score out of the range, a score that is not an integer,
+ * or an unknown status is the predictions file's error (file, line, field; exit 2), not a row
+ * silently dropped from the counts or scored as 0. */
+Test(score, metrics_only_checks_each_predictions_fields)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl"), *good = st_path(dir, "good.jsonl");
+    st_write_rows(in, 30, 3, 0);
+    char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", good,
+                  NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 0, "see %s", log);
+    static const struct {
+        const char *line, *error;
+    } cases[] = {
+        {"{\"row\": 6, \"scores\": [9, 3, 3], \"text\": \"9 3 3\", \"status\": \"ok\"}",
+         "p.jsonl:7: scores[0]: 9 is outside 0..5"},
+        {"{\"row\": 6, \"scores\": [3, -2, 3], \"text\": \"3 -2 3\", \"status\": \"ok\"}",
+         "p.jsonl:7: scores[1]: -2 is outside 0..5"},
+        {"{\"row\": 6, \"scores\": [\"a\", 3, 3], \"text\": \"a 3 3\", \"status\": \"ok\"}",
+         "p.jsonl:7: scores[0]: \"a\" is not an integer"},
+        {"{\"row\": 6, \"scores\": [3, 3, 3.7], \"text\": \"3 3 3.7\", \"status\": "
+         "\"off_grammar\"}",
+         "p.jsonl:7: scores[2]: 3.7 is not an integer"},
+        {"{\"row\": 6, \"scores\": [3, 3, 3], \"text\": \"3 3 3\", \"status\": \"maybe\"}",
+         "p.jsonl:7: status: \"maybe\" is not ok, off_grammar or bad_row"},
+        {"{\"row\": 6, \"scores\": null, \"text\": null, \"status\": \"ok\"}",
+         "p.jsonl:7: scores: null is not a list of scores"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *text = st_read(good, NULL);
+        write_text(out, text);
+        free(text);
+        replace_line(out, 7, cases[i].line);
+        char *a2[] = {(char *)st_bin(), "score", "--metrics-only", "--input", in, "--output",
+                      out, NULL};
+        cr_assert_eq(st_run(a2, log, NULL), 2, "%s: see %s", cases[i].line, log);
+        cr_assert(log_has(log, cases[i].error), "no '%s'; see %s", cases[i].error, log);
+        cr_assert(access(st_path(dir, "p.metrics.json"), F_OK) != 0, "metrics written");
+    }
+    st_rm_rf(dir);
+}
+
 /* After --resume the progress line's rate counts the rows scored in this run, as the final
  * summary does, not the rows done before it. */
 Test(score, resumed_progress_rate_counts_this_runs_rows, .timeout = 120)
