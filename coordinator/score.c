@@ -122,29 +122,25 @@ char *score_default_metrics_path(const char *output)
     return xasprintf("%.*s.metrics.json", (int)n, output);
 }
 
-int score_parse_answer(const char *text, int k, int score_min, int score_max, int *scores)
+int score_parse_answer(prep_score_shape *shape, const char *text, size_t len, int k,
+                       int score_min, int score_max, int *scores, int *not_a_score)
 {
-    const char *p = text;
+    int v[PREP_MAX_SCORE_COUNT], in_range;
+    int n = prep_score_shape_values(shape, text, len, score_min, score_max, &in_range, v,
+                                    PREP_MAX_SCORE_COUNT);
+    if (not_a_score)
+        *not_a_score = n == 0;
+    if (n == 0)
+        return err_set(RB_EXIT_INPUT, "it is not integers separated by single spaces, which "
+                       "rubric prep rejects too (not_a_score)");
+    if (n != k)
+        return err_set(RB_EXIT_INPUT, "it has %d score%s, where K is %d", n, plural_s(n), k);
     for (int i = 0; i < k; i++) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-            p++;
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno)
-            return err_set(RB_EXIT_INPUT, "expected %d scores, found %d", k, i);
-        if (v < score_min || v > score_max)
-            return err_set(RB_EXIT_INPUT, "score %ld is outside %d..%d", v, score_min,
+        if (v[i] < score_min || v[i] > score_max)
+            return err_set(RB_EXIT_INPUT, "score %d is outside %d..%d", v[i], score_min,
                            score_max);
-        scores[i] = (int)v;
-        p = end;
-        if (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
-            return err_set(RB_EXIT_INPUT, "'%c' after score %d is not a separator", *p, i + 1);
+        scores[i] = v[i];
     }
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
-    if (*p)
-        return err_set(RB_EXIT_INPUT, "more than %d scores", k);
     return 0;
 }
 
@@ -1266,29 +1262,41 @@ static int score_prepare(const score_options *o, int *k)
     return rc;
 }
 
-/* Read the truth of an input line: 1 with scores, 0 with no "output", -1 when the line is not
- * a JSON object, -2 when its "output" is not k scores in lo..hi. */
-static int truth_of(const char *line, size_t len, int k, int lo, int hi, int *scores)
+/* Read the truth of an input line by rubric prep's rule (score_parse_answer): 1 with scores,
+ * 0 with no "output", -1 when the line is not a JSON object, -2 when its "output" is not k
+ * scores in lo..hi, -3 when it is not scores at all (not_a_score); err_msg() says why. */
+static int truth_of(prep_score_shape *shape, const char *line, size_t len, int k, int lo,
+                    int hi, int *scores)
 {
     json_t *obj = NULL;
     if (jsonl_parse(line, len, &obj, NULL, 0) != JSONL_OK)
         return -1;
     json_t *out = json_object_get(obj, "output");
-    int rc = !out ? 0
-             : json_is_string(out) &&
-                     score_parse_answer(json_string_value(out), k, lo, hi, scores) == 0
-                 ? 1
-                 : -2;
-    if (rc == -2 && !json_is_string(out))
-        err_set(RB_EXIT_INPUT, "\"output\" is not a string");
+    int rc = 1, not_score = 0;
+    if (!out)
+        rc = 0;
+    else if (!json_is_string(out))
+        rc = -2, err_set(RB_EXIT_INPUT, "\"output\" is not a string");
+    else if (score_parse_answer(shape, json_string_value(out), json_string_length(out), k, lo,
+                                hi, scores, &not_score) != 0)
+        rc = not_score ? -3 : -2;
+    if (rc < -1) {
+        char *why = xstrdup(err_msg());
+        char *text = json_dumps(out, JSON_ENCODE_ANY);
+        err_set(RB_EXIT_INPUT, "\"output\" %.40s%s: %s", text, strlen(text) > 40 ? "..." : "",
+                why);
+        free(text);
+        free(why);
+    }
     json_decref(obj);
     return rc;
 }
 
-/* Rows the metrics could not use because of their "output" (the first one's line and why). */
+/* Rows the metrics could not use because of their "output" (the first one's line and why;
+ * n_shape of them not scores at all, as prep's not_a_score). */
 typedef struct {
-    int64_t n, first_line;
-    char why[160];
+    int64_t n, n_shape, first_line;
+    char why[200];
 } truth_problems;
 
 /* A wrong field of a prediction line: "FIELD: VALUE WHAT" into why (the value as JSON,
@@ -1362,14 +1370,21 @@ static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, i
         rc = jsonl_open(&r, path);
     if (rc)
         return rc;
+    prep_score_shape *shape = prep_score_shape_new();
+    if (!shape) {
+        jsonl_close(&r);
+        metrics_free(&ref);
+        return RB_EXIT_RUNTIME;
+    }
     int t[METRICS_MAX_K];
     *with_output = 0;
     while (jsonl_next(&r) > 0) {
-        int got = truth_of(r.line, r.len, k, lo, hi, t);
-        *with_output += got == 1 || got == -2;
+        int got = truth_of(shape, r.line, r.len, k, lo, hi, t);
+        *with_output += got == 1 || got <= -2;
         if (got == 1)
             metrics_add_row(&ref, t, t, 0);
     }
+    prep_score_shape_free(shape);
     *n = ref.counts[METRICS_ROWS];
     metrics_baseline_modes(&ref, modes);
     jsonl_close(&r);
@@ -1384,6 +1399,12 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
     int rc = jsonl_open(&in, o->input);
     if (!rc && (rc = jsonl_open(&pr, preds_path)) != 0)
         jsonl_close(&in);
+    prep_score_shape *shape = rc ? NULL : prep_score_shape_new();
+    if (!rc && !shape) {
+        jsonl_close(&in);
+        jsonl_close(&pr);
+        rc = RB_EXIT_RUNTIME;
+    }
     if (rc)
         return rc;
     int t[METRICS_MAX_K], p[METRICS_MAX_K], og = 0;
@@ -1395,7 +1416,8 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
                          (long long)(in.lineno - 1), in.lineno == 2 ? "" : "s", o->input);
             break;
         }
-        int have_truth = truth_of(in.line, in.len, m->k, m->score_min, m->score_max, t);
+        int have_truth = truth_of(shape, in.line, in.len, m->k, m->score_min, m->score_max,
+                                  t);
         int64_t row = -1;
         size_t n_scores = 0;
         char why[160] = "";
@@ -1420,9 +1442,12 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
                          o->input);
         else if (have_truth < 0 || have_pred == 0) {
             metrics_add_bad(m), metrics_add_bad(base);
-            if (have_truth == -2 && have_pred == 1 && tp->n++ == 0) {
-                tp->first_line = (long long)in.lineno;
-                snprintf(tp->why, sizeof tp->why, "%s", err_msg());
+            if (have_truth <= -2 && have_pred == 1) {
+                tp->n_shape += have_truth == -3;
+                if (tp->n++ == 0) {
+                    tp->first_line = (long long)in.lineno;
+                    snprintf(tp->why, sizeof tp->why, "%s", err_msg());
+                }
             }
         }
         else if (have_truth == 0)
@@ -1435,6 +1460,7 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
     if (!rc && jsonl_next(&pr) > 0)
         rc = err_set(RB_EXIT_INPUT, "%s has more lines than %s (%lld): these predictions are "
                      "not of this input", preds_path, o->input, (long long)in.lineno);
+    prep_score_shape_free(shape);
     jsonl_close(&in);
     jsonl_close(&pr);
     return rc;
@@ -1448,15 +1474,20 @@ static void log_truth_problems(const char *input, const metrics_acc *m, const tr
     long long bad = (long long)m->counts[METRICS_BAD];
     if (tp->n > 0)
         log_warn("%s: %lld scored row%s left out of the metrics: their \"output\" is not %d "
-                 "scores in %d..%d (first: line %lld: %s); check --num-scores and the score "
-                 "range (score_min/score_max)", input, (long long)tp->n, tp->n == 1 ? "" : "s",
+                 "scores in %d..%d separated by single spaces, as rubric prep requires (first: "
+                 "line %lld: %s); check --num-scores and the score range "
+                 "(score_min/score_max)", input, (long long)tp->n, tp->n == 1 ? "" : "s",
                  m->k, m->score_min, m->score_max, (long long)tp->first_line, tp->why);
     /* on stdout, the metrics table's stream: under mpirun the two streams are forwarded apart,
      * and this line belongs before the table */
+    char shape[96] = "";
+    if (tp->n_shape > 0)
+        snprintf(shape, sizeof shape, ", %lld of them not scores as rubric prep reads them "
+                 "(not_a_score)", (long long)tp->n_shape);
     printf("metrics rows: %lld compared with their \"output\", %lld bad (%lld bad input "
-           "rows or predictions, %lld unusable \"output\"), %lld without \"output\"\n",
+           "rows or predictions, %lld unusable \"output\"%s), %lld without \"output\"\n",
            (long long)m->counts[METRICS_ROWS], bad, bad - (long long)tp->n, (long long)tp->n,
-           (long long)m->counts[METRICS_UNLABELLED]);
+           shape, (long long)m->counts[METRICS_UNLABELLED]);
 }
 
 int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,

@@ -11,19 +11,35 @@
 #include "tokenizer.h"
 #include "util.h"
 
+static int parse(prep_score_shape *sh, const char *text, int k, int *s, int *not_a_score)
+{
+    return score_parse_answer(sh, text, strlen(text), k, 0, 5, s, not_a_score);
+}
+
+/* A truth is read by rubric prep's rule: integers separated by single spaces, nothing around
+ * them (what prep rejects as not_a_score is not a truth here either). */
 Test(score, parse_answer)
 {
-    int s[6];
-    cr_assert_eq(score_parse_answer("3 4 2", 3, 0, 5, s), 0);
-    cr_assert(s[0] == 3 && s[1] == 4 && s[2] == 2);
-    cr_assert_eq(score_parse_answer("  1\t5 2\n", 3, 0, 5, s), 0);
-    cr_assert(s[0] == 1 && s[1] == 5 && s[2] == 2);
-    cr_assert_eq(score_parse_answer("3 4", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3 4 2 1", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3 6 2", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3,4,2", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3 4x 2", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("", 1, 0, 5, s), RB_EXIT_INPUT);
+    int s[6], shape_bad = 0;
+    prep_score_shape *sh = prep_score_shape_new();
+    cr_assert(sh);
+    cr_assert_eq(parse(sh, "3 4 2", 3, s, &shape_bad), 0);
+    cr_assert(s[0] == 3 && s[1] == 4 && s[2] == 2 && !shape_bad);
+    cr_assert_eq(parse(sh, "3 4", 3, s, &shape_bad), RB_EXIT_INPUT);
+    cr_assert(!shape_bad);
+    cr_assert_eq(parse(sh, "3 4 2 1", 3, s, NULL), RB_EXIT_INPUT);
+    cr_assert_eq(parse(sh, "3 6 2", 3, s, &shape_bad), RB_EXIT_INPUT);
+    cr_assert(!shape_bad);
+    const char *not_scores[] = {" 3  3 3 ", "  1\t5 2\n", "3 4 2\n", "3  4 2", "3,4,2",
+                                "3 4x 2", "", "-1 2 3"};
+    for (size_t i = 0; i < sizeof not_scores / sizeof not_scores[0]; i++) {
+        shape_bad = 0;
+        cr_assert_eq(parse(sh, not_scores[i], 3, s, &shape_bad), RB_EXIT_INPUT, "'%s'",
+                     not_scores[i]);
+        cr_assert(shape_bad, "'%s'", not_scores[i]);
+        cr_assert(strstr(err_msg(), "not_a_score"), "%s", err_msg());
+    }
+    prep_score_shape_free(sh);
     char *p = score_default_metrics_path("out/preds.jsonl");
     cr_assert_str_eq(p, "out/preds.metrics.json");
     free(p);
@@ -306,6 +322,23 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
+/* Replace line `lineno` (1-based) of path by text (without its '\n'). */
+static void replace_line(const char *path, int lineno, const char *text)
+{
+    char *all = st_read(path, NULL);
+    char *at = all;
+    for (int i = 1; i < lineno; i++)
+        at = strchr(at, '\n') + 1;
+    char *next = strchr(at, '\n') + 1;
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "%s", path);
+    fwrite(all, 1, (size_t)(at - all), f);
+    fprintf(f, "%s\n", text);
+    fputs(next, f);
+    fclose(f);
+    free(all);
+}
+
 /* An empty line first in its chunk (the sanitizer build caught memcpy to a NULL buffer). */
 Test(score, empty_line_first_in_a_chunk)
 {
@@ -433,6 +466,34 @@ Test(score, truths_of_another_shape_get_a_num_scores_hint)
     cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
     cr_assert(log_has(log, "--num-scores"), "no hint; see %s", log);
     cr_assert(log_has(log, "unusable \"output\""), "no count reconciliation; see %s", log);
+    st_rm_rf(dir);
+}
+
+/* An "output" that rubric prep rejects (not_a_score: " 3  3 3 ") is no truth for the metrics
+ * either: the row is counted with the unusable outputs, and the summary says so. */
+Test(score, truths_are_read_as_prep_reads_them)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 30, 3, 0);
+    replace_line(in, 1, "{\"instruction\": \"Rate the text.\", \"input\": \"odd\", "
+                        "\"output\": \" 3  3 3 \"}");
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                    NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+    cr_assert(log_has(log, "1 unusable \"output\", 1 of them not scores as rubric prep reads "
+                           "them (not_a_score)"), "see %s", log);
+    cr_assert(log_has(log, "line 1: \"output\" \" 3  3 3 \""), "not named; see %s", log);
+    json_error_t e;
+    char *mpath = st_path(dir, "p.metrics.json");
+    json_t *m = json_load_file(mpath, 0, &e);
+    cr_assert(m, "%s: %s", mpath, e.text);
+    long unlabelled = 0;
+    for (long i = 0; i < 30; i++)
+        unlabelled += i % 11 == 3;
+    cr_assert_eq(json_integer_value(json_object_get(m, "bad_rows")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(m, "rows")), 30 - 1 - unlabelled);
+    json_decref(m);
     st_rm_rf(dir);
 }
 
@@ -1055,23 +1116,6 @@ Test(score, metrics_only_names_the_score_count_and_a_short_output)
     cr_assert_eq(st_run(a4, log, NULL), 2, "see %s", log);
     cr_assert(log_has(log, "short.jsonl has 10 lines, fewer than"), "see %s", log);
     st_rm_rf(dir);
-}
-
-/* Replace line `lineno` (1-based) of path by text (without its '\n'). */
-static void replace_line(const char *path, int lineno, const char *text)
-{
-    char *all = st_read(path, NULL);
-    char *at = all;
-    for (int i = 1; i < lineno; i++)
-        at = strchr(at, '\n') + 1;
-    char *next = strchr(at, '\n') + 1;
-    FILE *f = fopen(path, "w");
-    cr_assert(f, "%s", path);
-    fwrite(all, 1, (size_t)(at - all), f);
-    fprintf(f, "%s\n", text);
-    fputs(next, f);
-    fclose(f);
-    free(all);
 }
 
 /* --metrics-only: a prediction with a score out of the range, a score that is not an integer,
