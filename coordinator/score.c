@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -1224,6 +1225,55 @@ static int check_journal(const score_options *o, int k)
     return rc;
 }
 
+/* The folders this run made for --output and --metrics: for each, the deepest and the
+ * highest of them (rank 0). A run that fails before the output is opened removes them
+ * again, deepest first, each only while empty (rmdir), so nothing of it is left. */
+static char *made_dir_deep[2], *made_dir_top[2];
+
+/* Make path's folder (check_output_file), remembering which of its folders did not exist. */
+static int make_output_folder(const char *path, const char *what, int slot)
+{
+    char *copy = xstrdup(path);
+    char *deep = xstrdup(dirname(copy)), *top = NULL;
+    free(copy);
+    char *d = xstrdup(deep);
+    while (!path_exists(d)) {
+        free(top);
+        top = d;
+        copy = xstrdup(top);
+        d = xstrdup(dirname(copy));
+        free(copy);
+        if (strcmp(d, top) == 0)
+            break; /* "." or "/": nothing above */
+    }
+    free(d);
+    int rc = check_output_file(path, what);
+    if (top && !rc) {
+        made_dir_deep[slot] = deep;
+        made_dir_top[slot] = top;
+    } else {
+        free(deep);
+        free(top);
+    }
+    return rc;
+}
+
+static void remove_made_folders(void)
+{
+    for (int i = 0; i < 2; i++) {
+        char *d = made_dir_deep[i];
+        while (d && rmdir(d) == 0 && strcmp(d, made_dir_top[i]) != 0) {
+            char *copy = xstrdup(d);
+            free(d);
+            d = xstrdup(dirname(copy));
+            free(copy);
+        }
+        free(d);
+        free(made_dir_top[i]);
+        made_dir_deep[i] = made_dir_top[i] = NULL;
+    }
+}
+
 /* Checks of rank 0 before anything is written. */
 static int score_prepare(const score_options *o, int *k)
 {
@@ -1255,10 +1305,12 @@ static int score_prepare(const score_options *o, int *k)
     char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
                                   : score_default_metrics_path(o->output);
     if (!rc)
-        rc = check_output_file(o->output, "--output");
+        rc = make_output_folder(o->output, "--output", 0);
     if (!rc)
-        rc = check_output_file(mpath, "--metrics");
+        rc = make_output_folder(mpath, "--metrics", 1);
     free(mpath);
+    if (rc)
+        remove_made_folders();
     return rc;
 }
 
@@ -1696,14 +1748,18 @@ int score_run(const score_options *o)
         return rc;
     if (rank > 0 || world == 1) {
         rc = worker_open(&w, o, k, gpu_index);
-        if (rc && world == 1)
+        if (rc && world == 1) {
+            remove_made_folders(); /* nothing was written: leave no new empty folder */
             rb_die_err(rc);
+        }
     }
     if (world > 1) {
         rc = agree_loaded(o, rank, world, rc);
         if (rc) {
             if (rank > 0)
                 worker_close(&w);
+            else
+                remove_made_folders();
             return rc;
         }
     }

@@ -884,6 +884,44 @@ Test(score, output_or_metrics_that_is_the_baseline_is_refused)
     st_rm_rf(dir);
 }
 
+/* A run that fails loading the model (a folder without config.json) leaves none of the
+ * folders it made for --output and --metrics; folders that were there stay. */
+Test(score, a_model_that_does_not_load_leaves_no_new_folders, .timeout = 60)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *model = st_path(dir, "model"), *keep = st_path(dir, "keep");
+    char *fresh = st_path(dir, "fresh"), *fresh_m = st_path(dir, "fresh-m");
+    st_write_rows(in, 10, 3, 0);
+    cr_assert_eq(mkdir(model, 0755), 0);
+    cr_assert_eq(mkdir(keep, 0755), 0);
+    char *outs[] = {st_path(dir, "fresh/a/b/p.jsonl"), st_path(dir, "keep/p.jsonl"),
+                    st_path(dir, "keep/new/p.jsonl")};
+    char *metrics = st_path(dir, "fresh-m/m.json");
+    for (int np = 0; np <= 2; np += 2) {
+        for (int i = 0; i < 3; i++) {
+            char *argv[32];
+            int a = 0;
+            if (np) {
+                argv[a++] = "mpirun";
+                argv[a++] = "-np";
+                argv[a++] = "2";
+                argv[a++] = "--oversubscribe";
+            }
+            char *rest[] = {(char *)st_bin(), "score", "--model", model, "--input", in,
+                            "--output", outs[i], "--metrics", metrics, "--backend", "cpu",
+                            NULL};
+            memcpy(argv + a, rest, sizeof rest);
+            cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+            cr_assert(access(fresh, F_OK) != 0, "%s was left behind; see %s", fresh, log);
+            cr_assert(access(fresh_m, F_OK) != 0, "%s was left behind; see %s", fresh_m, log);
+            cr_assert(path_is_dir(keep), "%s (there before) was removed", keep);
+            cr_assert(access(outs[2], F_OK) != 0 && access(st_path(keep, "new"), F_OK) != 0,
+                      "keep/new was left behind; see %s", log);
+        }
+    }
+    st_rm_rf(dir);
+}
+
 /* OUTPUT.partial or OUTPUT.journal that is a folder: exit 2 up front, naming it, the folder
  * left as it was (also with --resume). */
 Test(score, side_files_that_are_folders_are_refused_up_front)
