@@ -372,8 +372,14 @@ static int resolve_options(score_cli *sc, const cli_common *cli, rubric_config *
         if (!rc && !o->model_dir && ac.base_model)
             rc = resolve_adapter_base(o->adapter, &ac, &o->model_dir);
         /* K: --num-scores, else what the adapter was trained to answer, else the input's */
+        int trained = rc ? 0 : scorer_adapter_scores(o->adapter);
         if (!rc && o->k <= 0)
-            o->k = scorer_adapter_scores(o->adapter);
+            o->k = trained;
+        else if (!rc && trained > 0 && o->k != trained && cli_launch_rank() == 0)
+            log_warn("--num-scores %d overrides the %d scores per row %s was trained to answer "
+                     "(its scores_per_row): the model answers in a shape it did not learn; "
+                     "drop --num-scores to score %d per row", o->k, trained, o->adapter,
+                     trained);
         config_free(&ac);
     }
     if (!rc && cl.model_dir && !o->adapter && !cfg->config_path && !o->fake_model)

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +153,12 @@ void prep_score_shape_free(prep_score_shape *sh)
 int prep_score_shape_count(prep_score_shape *sh, const char *s, size_t n, int lo, int hi,
                            int *in_range)
 {
+    return prep_score_shape_values(sh, s, n, lo, hi, in_range, NULL, 0);
+}
+
+int prep_score_shape_values(prep_score_shape *sh, const char *s, size_t n, int lo, int hi,
+                            int *in_range, int *scores, int max)
+{
     *in_range = 0;
     if (pcre2_match(sh->re, (PCRE2_SPTR)s, n, 0, 0, sh->md, NULL) < 0)
         return 0;
@@ -163,6 +170,8 @@ int prep_score_shape_count(prep_score_shape *sh, const char *s, size_t n, int lo
         long v = strtol(p, &q, 10);
         if (v < lo || v > hi)
             *in_range = 0;
+        if (count < max)
+            scores[count] = (int)RB_MIN(v, INT_MAX);
         count++;
         p = q + (q < end);
     }

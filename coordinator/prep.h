@@ -57,6 +57,9 @@ void prep_score_shape_free(prep_score_shape *sh);
 /* How many scores s[0..n) holds, 0 when it is not that shape; *in_range: all in lo..hi. */
 int prep_score_shape_count(prep_score_shape *sh, const char *s, size_t n, int lo, int hi,
                            int *in_range);
+/* The same, also storing the first max of the scores in scores[] (the values, in order). */
+int prep_score_shape_values(prep_score_shape *sh, const char *s, size_t n, int lo, int hi,
+                            int *in_range, int *scores, int max);
 
 typedef struct {
     int64_t rows_read;                  /* physical lines of all files */

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -122,29 +123,25 @@ char *score_default_metrics_path(const char *output)
     return xasprintf("%.*s.metrics.json", (int)n, output);
 }
 
-int score_parse_answer(const char *text, int k, int score_min, int score_max, int *scores)
+int score_parse_answer(prep_score_shape *shape, const char *text, size_t len, int k,
+                       int score_min, int score_max, int *scores, int *not_a_score)
 {
-    const char *p = text;
+    int v[PREP_MAX_SCORE_COUNT], in_range;
+    int n = prep_score_shape_values(shape, text, len, score_min, score_max, &in_range, v,
+                                    PREP_MAX_SCORE_COUNT);
+    if (not_a_score)
+        *not_a_score = n == 0;
+    if (n == 0)
+        return err_set(RB_EXIT_INPUT, "it is not integers separated by single spaces, which "
+                       "rubric prep rejects too (not_a_score)");
+    if (n != k)
+        return err_set(RB_EXIT_INPUT, "it has %d score%s, where K is %d", n, plural_s(n), k);
     for (int i = 0; i < k; i++) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-            p++;
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno)
-            return err_set(RB_EXIT_INPUT, "expected %d scores, found %d", k, i);
-        if (v < score_min || v > score_max)
-            return err_set(RB_EXIT_INPUT, "score %ld is outside %d..%d", v, score_min,
+        if (v[i] < score_min || v[i] > score_max)
+            return err_set(RB_EXIT_INPUT, "score %d is outside %d..%d", v[i], score_min,
                            score_max);
-        scores[i] = (int)v;
-        p = end;
-        if (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
-            return err_set(RB_EXIT_INPUT, "'%c' after score %d is not a separator", *p, i + 1);
+        scores[i] = v[i];
     }
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
-    if (*p)
-        return err_set(RB_EXIT_INPUT, "more than %d scores", k);
     return 0;
 }
 
@@ -1106,6 +1103,9 @@ int score_check_metrics_path(const score_options *o)
         rc = err_set(RB_EXIT_INPUT, "--metrics %s is the output (or one of its side files): "
                      "the metrics would replace the predictions; give another --metrics",
                      mpath);
+    else if (o->baseline_from && same_path(mpath, o->baseline_from))
+        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the --baseline-from file: the metrics "
+                     "would replace the reference rows; give another --metrics", mpath);
     else if (path_is_dir(mpath))
         rc = err_set(RB_EXIT_INPUT, "--metrics %s is a directory: give a file name", mpath);
     else
@@ -1145,9 +1145,21 @@ static int check_paths(const score_options *o)
                        "replace the rows; give another --output", o->output);
     char *partial = xasprintf("%s.partial", o->output);
     char *journal = xasprintf("%s.journal", o->output);
+    const char *ref = o->baseline_from;
     if (strcmp(o->input, partial) == 0 || strcmp(o->input, journal) == 0)
         rc = err_set(RB_EXIT_INPUT, "--input %s is a side file of --output %s; give another "
                      "--output", o->input, o->output);
+    else if (ref && same_path(ref, o->output))
+        rc = err_set(RB_EXIT_INPUT, "--output %s is the --baseline-from file: the predictions "
+                     "would replace the reference rows; give another --output", o->output);
+    else if (ref && (same_path(ref, partial) || same_path(ref, journal)))
+        rc = err_set(RB_EXIT_INPUT, "--baseline-from %s is a side file of --output %s; give "
+                     "another --output", ref, o->output);
+    else if (path_is_dir(partial) || path_is_dir(journal))
+        rc = err_set(RB_EXIT_INPUT, "%s is a directory, where --output %s keeps its %s: "
+                     "remove it or give another --output", path_is_dir(partial) ? partial
+                     : journal, o->output, path_is_dir(partial) ? "rows while scoring"
+                     : "journal (for --resume)");
     if (!rc)
         rc = score_check_metrics_path(o);
     free(partial);
@@ -1213,6 +1225,55 @@ static int check_journal(const score_options *o, int k)
     return rc;
 }
 
+/* The folders this run made for --output and --metrics: for each, the deepest and the
+ * highest of them (rank 0). A run that fails before the output is opened removes them
+ * again, deepest first, each only while empty (rmdir), so nothing of it is left. */
+static char *made_dir_deep[2], *made_dir_top[2];
+
+/* Make path's folder (check_output_file), remembering which of its folders did not exist. */
+static int make_output_folder(const char *path, const char *what, int slot)
+{
+    char *copy = xstrdup(path);
+    char *deep = xstrdup(dirname(copy)), *top = NULL;
+    free(copy);
+    char *d = xstrdup(deep);
+    while (!path_exists(d)) {
+        free(top);
+        top = d;
+        copy = xstrdup(top);
+        d = xstrdup(dirname(copy));
+        free(copy);
+        if (strcmp(d, top) == 0)
+            break; /* "." or "/": nothing above */
+    }
+    free(d);
+    int rc = check_output_file(path, what);
+    if (top && !rc) {
+        made_dir_deep[slot] = deep;
+        made_dir_top[slot] = top;
+    } else {
+        free(deep);
+        free(top);
+    }
+    return rc;
+}
+
+static void remove_made_folders(void)
+{
+    for (int i = 0; i < 2; i++) {
+        char *d = made_dir_deep[i];
+        while (d && rmdir(d) == 0 && strcmp(d, made_dir_top[i]) != 0) {
+            char *copy = xstrdup(d);
+            free(d);
+            d = xstrdup(dirname(copy));
+            free(copy);
+        }
+        free(d);
+        free(made_dir_top[i]);
+        made_dir_deep[i] = made_dir_top[i] = NULL;
+    }
+}
+
 /* Checks of rank 0 before anything is written. */
 static int score_prepare(const score_options *o, int *k)
 {
@@ -1244,60 +1305,106 @@ static int score_prepare(const score_options *o, int *k)
     char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
                                   : score_default_metrics_path(o->output);
     if (!rc)
-        rc = check_output_file(o->output, "--output");
+        rc = make_output_folder(o->output, "--output", 0);
     if (!rc)
-        rc = check_output_file(mpath, "--metrics");
+        rc = make_output_folder(mpath, "--metrics", 1);
     free(mpath);
+    if (rc)
+        remove_made_folders();
     return rc;
 }
 
-/* Read the truth of an input line: 1 with scores, 0 with no "output", -1 when the line is not
- * a JSON object, -2 when its "output" is not k scores in lo..hi. */
-static int truth_of(const char *line, size_t len, int k, int lo, int hi, int *scores)
+/* Read the truth of an input line by rubric prep's rule (score_parse_answer): 1 with scores,
+ * 0 with no "output", -1 when the line is not a JSON object, -2 when its "output" is not k
+ * scores in lo..hi, -3 when it is not scores at all (not_a_score); err_msg() says why. */
+static int truth_of(prep_score_shape *shape, const char *line, size_t len, int k, int lo,
+                    int hi, int *scores)
 {
     json_t *obj = NULL;
     if (jsonl_parse(line, len, &obj, NULL, 0) != JSONL_OK)
         return -1;
     json_t *out = json_object_get(obj, "output");
-    int rc = !out ? 0
-             : json_is_string(out) &&
-                     score_parse_answer(json_string_value(out), k, lo, hi, scores) == 0
-                 ? 1
-                 : -2;
-    if (rc == -2 && !json_is_string(out))
-        err_set(RB_EXIT_INPUT, "\"output\" is not a string");
+    int rc = 1, not_score = 0;
+    if (!out)
+        rc = 0;
+    else if (!json_is_string(out))
+        rc = -2, err_set(RB_EXIT_INPUT, "\"output\" is not a string");
+    else if (score_parse_answer(shape, json_string_value(out), json_string_length(out), k, lo,
+                                hi, scores, &not_score) != 0)
+        rc = not_score ? -3 : -2;
+    if (rc < -1) {
+        char *why = xstrdup(err_msg());
+        char *text = json_dumps(out, JSON_ENCODE_ANY);
+        err_set(RB_EXIT_INPUT, "\"output\" %.40s%s: %s", text, strlen(text) > 40 ? "..." : "",
+                why);
+        free(text);
+        free(why);
+    }
     json_decref(obj);
     return rc;
 }
 
-/* Rows the metrics could not use because of their "output" (the first one's line and why). */
+/* Rows the metrics could not use because of their "output" (the first one's line and why;
+ * n_shape of them not scores at all, as prep's not_a_score). */
 typedef struct {
-    int64_t n, first_line;
-    char why[160];
+    int64_t n, n_shape, first_line;
+    char why[200];
 } truth_problems;
 
+/* A wrong field of a prediction line: "FIELD: VALUE WHAT" into why (the value as JSON,
+ * shortened). Returns -3. */
+static int pred_field_error(char *why, size_t n, const char *field, const json_t *v,
+                            const char *what)
+{
+    char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_REAL_PRECISION(10)) : NULL;
+    snprintf(why, n, "%s: %.40s%s %s", field, text ? text : "(missing)",
+             text && strlen(text) > 40 ? "..." : "", what);
+    free(text);
+    return -3;
+}
+
 /* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
- * -1 when the line is not ours, -2 when it has *n_scores scores where k are due; *row its
- * "row" (-1 without one). */
-static int pred_of(const char *line, int k, int *scores, int *off_grammar, int64_t *row,
-                   size_t *n_scores)
+ * -1 when the line is not ours, -2 when it has *n_scores scores where k are due, -3 when a
+ * field is wrong (an unknown status, a score that is not an integer in lo..hi: why says
+ * which); *row its "row" (-1 without one). */
+static int pred_of(const char *line, int k, int lo, int hi, int *scores, int *off_grammar,
+                   int64_t *row, size_t *n_scores, char *why, size_t why_n)
 {
     json_t *obj = json_loads(line, 0, NULL);
     if (!obj)
         return -1;
     json_t *r = json_object_get(obj, "row");
     *row = json_is_integer(r) ? (int64_t)json_integer_value(r) : -1;
-    const char *status = json_string_value(json_object_get(obj, "status"));
+    json_t *jstatus = json_object_get(obj, "status");
+    const char *status = json_string_value(jstatus);
     json_t *arr = json_object_get(obj, "scores");
-    int rc = status && strcmp(status, "bad_row") == 0 ? 0 : -1;
     *n_scores = json_array_size(arr);
-    if (status && rc && json_is_array(arr) && *n_scores != (size_t)k && *n_scores > 0)
+    int rc;
+    if (!jstatus)
+        rc = -1;
+    else if (status && strcmp(status, "bad_row") == 0)
+        rc = 0;
+    else if (!status || (strcmp(status, "ok") != 0 && strcmp(status, "off_grammar") != 0))
+        rc = pred_field_error(why, why_n, "status", jstatus, "is not ok, off_grammar or bad_row");
+    else if (!json_is_array(arr) || *n_scores == 0)
+        rc = pred_field_error(why, why_n, "scores", arr, "is not a list of scores");
+    else if (*n_scores != (size_t)k)
         rc = -2;
-    else if (status && rc && *n_scores == (size_t)k) {
-        for (int i = 0; i < k; i++)
-            scores[i] = (int)json_integer_value(json_array_get(arr, (size_t)i));
-        *off_grammar = strcmp(status, "off_grammar") == 0;
+    else {
         rc = 1;
+        for (int i = 0; i < k && rc == 1; i++) {
+            json_t *v = json_array_get(arr, (size_t)i);
+            char field[32], range[48];
+            snprintf(field, sizeof field, "scores[%d]", i);
+            snprintf(range, sizeof range, "is outside %d..%d", lo, hi);
+            if (!json_is_integer(v))
+                rc = pred_field_error(why, why_n, field, v, "is not an integer");
+            else if (json_integer_value(v) < lo || json_integer_value(v) > hi)
+                rc = pred_field_error(why, why_n, field, v, range);
+            else
+                scores[i] = (int)json_integer_value(v);
+        }
+        *off_grammar = strcmp(status, "off_grammar") == 0;
     }
     json_decref(obj);
     return rc;
@@ -1315,14 +1422,21 @@ static int baseline_modes(const char *path, int k, int lo, int hi, int *modes, i
         rc = jsonl_open(&r, path);
     if (rc)
         return rc;
+    prep_score_shape *shape = prep_score_shape_new();
+    if (!shape) {
+        jsonl_close(&r);
+        metrics_free(&ref);
+        return RB_EXIT_RUNTIME;
+    }
     int t[METRICS_MAX_K];
     *with_output = 0;
     while (jsonl_next(&r) > 0) {
-        int got = truth_of(r.line, r.len, k, lo, hi, t);
-        *with_output += got == 1 || got == -2;
+        int got = truth_of(shape, r.line, r.len, k, lo, hi, t);
+        *with_output += got == 1 || got <= -2;
         if (got == 1)
             metrics_add_row(&ref, t, t, 0);
     }
+    prep_score_shape_free(shape);
     *n = ref.counts[METRICS_ROWS];
     metrics_baseline_modes(&ref, modes);
     jsonl_close(&r);
@@ -1337,6 +1451,12 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
     int rc = jsonl_open(&in, o->input);
     if (!rc && (rc = jsonl_open(&pr, preds_path)) != 0)
         jsonl_close(&in);
+    prep_score_shape *shape = rc ? NULL : prep_score_shape_new();
+    if (!rc && !shape) {
+        jsonl_close(&in);
+        jsonl_close(&pr);
+        rc = RB_EXIT_RUNTIME;
+    }
     if (rc)
         return rc;
     int t[METRICS_MAX_K], p[METRICS_MAX_K], og = 0;
@@ -1348,11 +1468,16 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
                          (long long)(in.lineno - 1), in.lineno == 2 ? "" : "s", o->input);
             break;
         }
-        int have_truth = truth_of(in.line, in.len, m->k, m->score_min, m->score_max, t);
+        int have_truth = truth_of(shape, in.line, in.len, m->k, m->score_min, m->score_max,
+                                  t);
         int64_t row = -1;
         size_t n_scores = 0;
-        int have_pred = pred_of(pr.line, m->k, p, &og, &row, &n_scores);
-        if (have_pred == -2)
+        char why[160] = "";
+        int have_pred = pred_of(pr.line, m->k, m->score_min, m->score_max, p, &og, &row,
+                                &n_scores, why, sizeof why);
+        if (have_pred == -3)
+            rc = err_set(RB_EXIT_INPUT, "%s:%lld: %s", preds_path, (long long)pr.lineno, why);
+        else if (have_pred == -2)
             rc = err_set(RB_EXIT_INPUT, "%s:%lld: the prediction has %zu score%s, where K is %d "
                          "(--num-scores, else inferred from the input): give the --num-scores "
                          "these predictions were made with (--num-scores %zu)", preds_path,
@@ -1369,9 +1494,12 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
                          o->input);
         else if (have_truth < 0 || have_pred == 0) {
             metrics_add_bad(m), metrics_add_bad(base);
-            if (have_truth == -2 && have_pred == 1 && tp->n++ == 0) {
-                tp->first_line = (long long)in.lineno;
-                snprintf(tp->why, sizeof tp->why, "%s", err_msg());
+            if (have_truth <= -2 && have_pred == 1) {
+                tp->n_shape += have_truth == -3;
+                if (tp->n++ == 0) {
+                    tp->first_line = (long long)in.lineno;
+                    snprintf(tp->why, sizeof tp->why, "%s", err_msg());
+                }
             }
         }
         else if (have_truth == 0)
@@ -1384,6 +1512,7 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
     if (!rc && jsonl_next(&pr) > 0)
         rc = err_set(RB_EXIT_INPUT, "%s has more lines than %s (%lld): these predictions are "
                      "not of this input", preds_path, o->input, (long long)in.lineno);
+    prep_score_shape_free(shape);
     jsonl_close(&in);
     jsonl_close(&pr);
     return rc;
@@ -1397,15 +1526,20 @@ static void log_truth_problems(const char *input, const metrics_acc *m, const tr
     long long bad = (long long)m->counts[METRICS_BAD];
     if (tp->n > 0)
         log_warn("%s: %lld scored row%s left out of the metrics: their \"output\" is not %d "
-                 "scores in %d..%d (first: line %lld: %s); check --num-scores and the score "
-                 "range (score_min/score_max)", input, (long long)tp->n, tp->n == 1 ? "" : "s",
+                 "scores in %d..%d separated by single spaces, as rubric prep requires (first: "
+                 "line %lld: %s); check --num-scores and the score range "
+                 "(score_min/score_max)", input, (long long)tp->n, tp->n == 1 ? "" : "s",
                  m->k, m->score_min, m->score_max, (long long)tp->first_line, tp->why);
     /* on stdout, the metrics table's stream: under mpirun the two streams are forwarded apart,
      * and this line belongs before the table */
+    char shape[96] = "";
+    if (tp->n_shape > 0)
+        snprintf(shape, sizeof shape, ", %lld of them not scores as rubric prep reads them "
+                 "(not_a_score)", (long long)tp->n_shape);
     printf("metrics rows: %lld compared with their \"output\", %lld bad (%lld bad input "
-           "rows or predictions, %lld unusable \"output\"), %lld without \"output\"\n",
+           "rows or predictions, %lld unusable \"output\"%s), %lld without \"output\"\n",
            (long long)m->counts[METRICS_ROWS], bad, bad - (long long)tp->n, (long long)tp->n,
-           (long long)m->counts[METRICS_UNLABELLED]);
+           shape, (long long)m->counts[METRICS_UNLABELLED]);
 }
 
 int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,
@@ -1614,14 +1748,18 @@ int score_run(const score_options *o)
         return rc;
     if (rank > 0 || world == 1) {
         rc = worker_open(&w, o, k, gpu_index);
-        if (rc && world == 1)
+        if (rc && world == 1) {
+            remove_made_folders(); /* nothing was written: leave no new empty folder */
             rb_die_err(rc);
+        }
     }
     if (world > 1) {
         rc = agree_loaded(o, rank, world, rc);
         if (rc) {
             if (rank > 0)
                 worker_close(&w);
+            else
+                remove_made_folders();
             return rc;
         }
     }

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "prep.h"
 #include "prompt.h"
 
 typedef struct {
@@ -103,9 +104,12 @@ int score_run(const score_options *o);
 int score_metrics(const score_options *o, const char *preds_path, const char *metrics_path,
                   int *labelled);
 
-/* Parse a truth answer ("3 4 2": k integers separated by whitespace, surrounding whitespace
- * allowed) into scores. Returns 0, or RB_EXIT_INPUT with the reason (err_set). */
-int score_parse_answer(const char *text, int k, int score_min, int score_max, int *scores);
+/* Parse a truth answer text[0..len) into scores by rubric prep's rule (prep_score_shape:
+ * "3 4 2", integers separated by single spaces, nothing around them), k of them, each in
+ * score_min..score_max. Returns 0, or RB_EXIT_INPUT with the reason (err_set); *not_a_score
+ * (when given) is 1 when the text is not that shape at all (prep's not_a_score). */
+int score_parse_answer(prep_score_shape *shape, const char *text, size_t len, int k,
+                       int score_min, int score_max, int *scores, int *not_a_score);
 
 /* The default metrics path for an output path: metrics.json in the output's folder. */
 char *score_default_metrics_path(const char *output);

@@ -3,9 +3,11 @@
  *
  *   export_tool make-ckpt --model DIR --out DIR [--adapter lora|qlora] [--r R] [--alpha A]
  *                         [--targets q_proj,v_proj,...] [--seed S] [--b-scale X]
+ *                         [--scores K]
  *       A rubric checkpoint (checkpoint-1.h5, written by ckpt_save on MPI_COMM_SELF) for the
  *       model, with PEFT's lora_A init and lora_B drawn uniformly from [-X, X] (default 0.05),
- *       so the adapter changes the logits, as a trained one does.
+ *       so the adapter changes the logits, as a trained one does. --scores K records K
+ *       scores per row (scores_per_row, as training on K-score data does; default 0: none).
  *   export_tool logits --model DIR [--ckpt CKPT.h5 [--adapter-dir DIR]] --tokens 1,2,3
  *                      --out FILE.safetensors
  *       rubric's logits [T, vocab] (fp32) for one sequence: the base model alone, or with the
@@ -29,7 +31,7 @@
 
 typedef struct {
     const char *model, *out, *adapter, *targets, *ckpt, *adapter_dir, *tokens;
-    int r;
+    int r, scores;
     double alpha, b_scale;
     uint64_t seed;
 } tool_opts;
@@ -46,7 +48,8 @@ static void tool_parse(tool_opts *o, int argc, char **argv)
         {"model", 1, 0, 'm'}, {"out", 1, 0, 'o'},     {"adapter", 1, 0, 'a'},
         {"r", 1, 0, 'r'},     {"alpha", 1, 0, 'l'},   {"targets", 1, 0, 't'},
         {"seed", 1, 0, 's'},  {"b-scale", 1, 0, 'b'}, {"ckpt", 1, 0, 'c'},
-        {"adapter-dir", 1, 0, 'd'}, {"tokens", 1, 0, 'k'}, {0, 0, 0, 0},
+        {"adapter-dir", 1, 0, 'd'}, {"tokens", 1, 0, 'k'}, {"scores", 1, 0, 'n'},
+        {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
     o->adapter = "lora";
@@ -69,6 +72,7 @@ static void tool_parse(tool_opts *o, int argc, char **argv)
         case 'c': o->ckpt = optarg; break;
         case 'd': o->adapter_dir = optarg; break;
         case 'k': o->tokens = optarg; break;
+        case 'n': o->scores = atoi(optarg); break;
         default: fprintf(stderr, "export_tool: bad option\n"); exit(2);
         }
     }
@@ -132,7 +136,7 @@ static int tool_make_ckpt(const tool_opts *o)
                       .rng_state = {o->seed}, .sched_kind = "constant", .base_lr = 1e-4,
                       .config_yaml = yaml, .base_model = (char *)o->model,
                       .base_model_hash = model_get_config(m)->hash, .world_size = 1,
-                      .zero_stage = 2};
+                      .zero_stage = 2, .n_scores = o->scores};
     ckpt_slice slice = {.begin = 0, .len = v.n, .lora = host};
     char *path = NULL;
     if (mkdir_p(o->out) ||

@@ -11,19 +11,35 @@
 #include "tokenizer.h"
 #include "util.h"
 
+static int parse(prep_score_shape *sh, const char *text, int k, int *s, int *not_a_score)
+{
+    return score_parse_answer(sh, text, strlen(text), k, 0, 5, s, not_a_score);
+}
+
+/* A truth is read by rubric prep's rule: integers separated by single spaces, nothing around
+ * them (what prep rejects as not_a_score is not a truth here either). */
 Test(score, parse_answer)
 {
-    int s[6];
-    cr_assert_eq(score_parse_answer("3 4 2", 3, 0, 5, s), 0);
-    cr_assert(s[0] == 3 && s[1] == 4 && s[2] == 2);
-    cr_assert_eq(score_parse_answer("  1\t5 2\n", 3, 0, 5, s), 0);
-    cr_assert(s[0] == 1 && s[1] == 5 && s[2] == 2);
-    cr_assert_eq(score_parse_answer("3 4", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3 4 2 1", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3 6 2", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3,4,2", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("3 4x 2", 3, 0, 5, s), RB_EXIT_INPUT);
-    cr_assert_eq(score_parse_answer("", 1, 0, 5, s), RB_EXIT_INPUT);
+    int s[6], shape_bad = 0;
+    prep_score_shape *sh = prep_score_shape_new();
+    cr_assert(sh);
+    cr_assert_eq(parse(sh, "3 4 2", 3, s, &shape_bad), 0);
+    cr_assert(s[0] == 3 && s[1] == 4 && s[2] == 2 && !shape_bad);
+    cr_assert_eq(parse(sh, "3 4", 3, s, &shape_bad), RB_EXIT_INPUT);
+    cr_assert(!shape_bad);
+    cr_assert_eq(parse(sh, "3 4 2 1", 3, s, NULL), RB_EXIT_INPUT);
+    cr_assert_eq(parse(sh, "3 6 2", 3, s, &shape_bad), RB_EXIT_INPUT);
+    cr_assert(!shape_bad);
+    const char *not_scores[] = {" 3  3 3 ", "  1\t5 2\n", "3 4 2\n", "3  4 2", "3,4,2",
+                                "3 4x 2", "", "-1 2 3"};
+    for (size_t i = 0; i < sizeof not_scores / sizeof not_scores[0]; i++) {
+        shape_bad = 0;
+        cr_assert_eq(parse(sh, not_scores[i], 3, s, &shape_bad), RB_EXIT_INPUT, "'%s'",
+                     not_scores[i]);
+        cr_assert(shape_bad, "'%s'", not_scores[i]);
+        cr_assert(strstr(err_msg(), "not_a_score"), "%s", err_msg());
+    }
+    prep_score_shape_free(sh);
     char *p = score_default_metrics_path("out/preds.jsonl");
     cr_assert_str_eq(p, "out/preds.metrics.json");
     free(p);
@@ -306,6 +322,23 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
+/* Replace line `lineno` (1-based) of path by text (without its '\n'). */
+static void replace_line(const char *path, int lineno, const char *text)
+{
+    char *all = st_read(path, NULL);
+    char *at = all;
+    for (int i = 1; i < lineno; i++)
+        at = strchr(at, '\n') + 1;
+    char *next = strchr(at, '\n') + 1;
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "%s", path);
+    fwrite(all, 1, (size_t)(at - all), f);
+    fprintf(f, "%s\n", text);
+    fputs(next, f);
+    fclose(f);
+    free(all);
+}
+
 /* An empty line first in its chunk (the sanitizer build caught memcpy to a NULL buffer). */
 Test(score, empty_line_first_in_a_chunk)
 {
@@ -433,6 +466,34 @@ Test(score, truths_of_another_shape_get_a_num_scores_hint)
     cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
     cr_assert(log_has(log, "--num-scores"), "no hint; see %s", log);
     cr_assert(log_has(log, "unusable \"output\""), "no count reconciliation; see %s", log);
+    st_rm_rf(dir);
+}
+
+/* An "output" that rubric prep rejects (not_a_score: " 3  3 3 ") is no truth for the metrics
+ * either: the row is counted with the unusable outputs, and the summary says so. */
+Test(score, truths_are_read_as_prep_reads_them)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 30, 3, 0);
+    replace_line(in, 1, "{\"instruction\": \"Rate the text.\", \"input\": \"odd\", "
+                        "\"output\": \" 3  3 3 \"}");
+    char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                    NULL};
+    cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+    cr_assert(log_has(log, "1 unusable \"output\", 1 of them not scores as rubric prep reads "
+                           "them (not_a_score)"), "see %s", log);
+    cr_assert(log_has(log, "line 1: \"output\" \" 3  3 3 \""), "not named; see %s", log);
+    json_error_t e;
+    char *mpath = st_path(dir, "p.metrics.json");
+    json_t *m = json_load_file(mpath, 0, &e);
+    cr_assert(m, "%s: %s", mpath, e.text);
+    long unlabelled = 0;
+    for (long i = 0; i < 30; i++)
+        unlabelled += i % 11 == 3;
+    cr_assert_eq(json_integer_value(json_object_get(m, "bad_rows")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(m, "rows")), 30 - 1 - unlabelled);
+    json_decref(m);
     st_rm_rf(dir);
 }
 
@@ -783,6 +844,109 @@ Test(score, baseline_from_is_checked_up_front)
     st_rm_rf(dir);
 }
 
+/* --output or --metrics naming the --baseline-from file (by path, symlink or hard link) would
+ * overwrite the reference rows: exit 2 up front, the reference untouched. */
+Test(score, output_or_metrics_that_is_the_baseline_is_refused)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *ref = st_path(dir, "ref.jsonl"), *keep = st_path(dir, "keep.jsonl");
+    char *sym = st_path(dir, "sym.jsonl"), *hard = st_path(dir, "hard.jsonl");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    st_write_rows(ref, 30, 3, 0);
+    st_write_rows(keep, 30, 3, 0);
+    cr_assert_eq(symlink(ref, sym), 0);
+    cr_assert_eq(link(ref, hard), 0);
+    const char *names[] = {ref, sym, hard};
+    for (int i = 0; i < 3; i++) {
+        char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output",
+                      (char *)names[i], "--baseline-from", ref, NULL};
+        cr_assert_eq(st_run(a1, log, NULL), 2, "--output %s: see %s", names[i], log);
+        cr_assert(log_has(log, "is the --baseline-from file"), "see %s", log);
+        cr_assert(st_same_file(ref, keep), "--output %s: the reference was changed", names[i]);
+        assert_nothing_written(names[i]);
+        char *a2[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                      "--metrics", (char *)names[i], "--baseline-from", ref, NULL};
+        cr_assert_eq(st_run(a2, log, NULL), 2, "--metrics %s: see %s", names[i], log);
+        cr_assert(log_has(log, "is the --baseline-from file"), "see %s", log);
+        cr_assert(st_same_file(ref, keep), "--metrics %s: the reference was changed", names[i]);
+        cr_assert(access(out, F_OK) != 0, "the rows were scored; see %s", log);
+    }
+
+    /* the same in --metrics-only, once the predictions exist */
+    char *a3[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", out,
+                  NULL};
+    cr_assert_eq(st_run(a3, log, NULL), 0, "see %s", log);
+    char *a4[] = {(char *)st_bin(), "score", "--metrics-only", "--input", in, "--output", out,
+                  "--metrics", sym, "--baseline-from", ref, NULL};
+    cr_assert_eq(st_run(a4, log, NULL), 2, "see %s", log);
+    cr_assert(st_same_file(ref, keep), "the reference was changed");
+    st_rm_rf(dir);
+}
+
+/* A run that fails loading the model (a folder without config.json) leaves none of the
+ * folders it made for --output and --metrics; folders that were there stay. */
+Test(score, a_model_that_does_not_load_leaves_no_new_folders, .timeout = 60)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *model = st_path(dir, "model"), *keep = st_path(dir, "keep");
+    char *fresh = st_path(dir, "fresh"), *fresh_m = st_path(dir, "fresh-m");
+    st_write_rows(in, 10, 3, 0);
+    cr_assert_eq(mkdir(model, 0755), 0);
+    cr_assert_eq(mkdir(keep, 0755), 0);
+    char *outs[] = {st_path(dir, "fresh/a/b/p.jsonl"), st_path(dir, "keep/p.jsonl"),
+                    st_path(dir, "keep/new/p.jsonl")};
+    char *metrics = st_path(dir, "fresh-m/m.json");
+    for (int np = 0; np <= 2; np += 2) {
+        for (int i = 0; i < 3; i++) {
+            char *argv[32];
+            int a = 0;
+            if (np) {
+                argv[a++] = "mpirun";
+                argv[a++] = "-np";
+                argv[a++] = "2";
+                argv[a++] = "--oversubscribe";
+            }
+            char *rest[] = {(char *)st_bin(), "score", "--model", model, "--input", in,
+                            "--output", outs[i], "--metrics", metrics, "--backend", "cpu",
+                            NULL};
+            memcpy(argv + a, rest, sizeof rest);
+            cr_assert_eq(st_run(argv, log, NULL), 2, "see %s", log);
+            cr_assert(access(fresh, F_OK) != 0, "%s was left behind; see %s", fresh, log);
+            cr_assert(access(fresh_m, F_OK) != 0, "%s was left behind; see %s", fresh_m, log);
+            cr_assert(path_is_dir(keep), "%s (there before) was removed", keep);
+            cr_assert(access(outs[2], F_OK) != 0 && access(st_path(keep, "new"), F_OK) != 0,
+                      "keep/new was left behind; see %s", log);
+        }
+    }
+    st_rm_rf(dir);
+}
+
+/* OUTPUT.partial or OUTPUT.journal that is a folder: exit 2 up front, naming it, the folder
+ * left as it was (also with --resume). */
+Test(score, side_files_that_are_folders_are_refused_up_front)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl");
+    st_write_rows(in, 20, 3, 0);
+    const char *sides[] = {"p.jsonl.partial", "p.jsonl.journal"};
+    for (int i = 0; i < 2; i++) {
+        char *side = st_path(dir, sides[i]);
+        cr_assert_eq(mkdir(side, 0755), 0);
+        for (int resume = 0; resume < 2; resume++) {
+            char *argv[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output",
+                            out, resume ? "--resume" : NULL, NULL};
+            cr_assert_eq(st_run(argv, log, NULL), 2, "%s: see %s", side, log);
+            char want[700];
+            snprintf(want, sizeof want, "%s is a directory", side);
+            cr_assert(log_has(log, want), "not named; see %s", log);
+            cr_assert(path_is_dir(side) && access(out, F_OK) != 0);
+        }
+        cr_assert_eq(rmdir(side), 0);
+    }
+    st_rm_rf(dir);
+}
+
 /* A missing output folder that cannot be made (under a file, which stops root too) is the
  * user's path: exit 2 before any work, like an unwritable folder. */
 Test(score, output_folder_that_cannot_be_made_is_bad_input)
@@ -989,6 +1153,48 @@ Test(score, metrics_only_names_the_score_count_and_a_short_output)
                   short_out, NULL};
     cr_assert_eq(st_run(a4, log, NULL), 2, "see %s", log);
     cr_assert(log_has(log, "short.jsonl has 10 lines, fewer than"), "see %s", log);
+    st_rm_rf(dir);
+}
+
+/* --metrics-only: a prediction with a score out of the range, a score that is not an integer,
+ * or an unknown status is the predictions file's error (file, line, field; exit 2), not a row
+ * silently dropped from the counts or scored as 0. */
+Test(score, metrics_only_checks_each_predictions_fields)
+{
+    char *dir = st_tmpdir(), *in = st_path(dir, "rows.jsonl"), *log = st_path(dir, "log");
+    char *out = st_path(dir, "p.jsonl"), *good = st_path(dir, "good.jsonl");
+    st_write_rows(in, 30, 3, 0);
+    char *a1[] = {(char *)st_bin(), "score", "--fake-model", "--input", in, "--output", good,
+                  NULL};
+    cr_assert_eq(st_run(a1, log, NULL), 0, "see %s", log);
+    static const struct {
+        const char *line, *error;
+    } cases[] = {
+        {"{\"row\": 6, \"scores\": [9, 3, 3], \"text\": \"9 3 3\", \"status\": \"ok\"}",
+         "p.jsonl:7: scores[0]: 9 is outside 0..5"},
+        {"{\"row\": 6, \"scores\": [3, -2, 3], \"text\": \"3 -2 3\", \"status\": \"ok\"}",
+         "p.jsonl:7: scores[1]: -2 is outside 0..5"},
+        {"{\"row\": 6, \"scores\": [\"a\", 3, 3], \"text\": \"a 3 3\", \"status\": \"ok\"}",
+         "p.jsonl:7: scores[0]: \"a\" is not an integer"},
+        {"{\"row\": 6, \"scores\": [3, 3, 3.7], \"text\": \"3 3 3.7\", \"status\": "
+         "\"off_grammar\"}",
+         "p.jsonl:7: scores[2]: 3.7 is not an integer"},
+        {"{\"row\": 6, \"scores\": [3, 3, 3], \"text\": \"3 3 3\", \"status\": \"maybe\"}",
+         "p.jsonl:7: status: \"maybe\" is not ok, off_grammar or bad_row"},
+        {"{\"row\": 6, \"scores\": null, \"text\": null, \"status\": \"ok\"}",
+         "p.jsonl:7: scores: null is not a list of scores"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *text = st_read(good, NULL);
+        write_text(out, text);
+        free(text);
+        replace_line(out, 7, cases[i].line);
+        char *a2[] = {(char *)st_bin(), "score", "--metrics-only", "--input", in, "--output",
+                      out, NULL};
+        cr_assert_eq(st_run(a2, log, NULL), 2, "%s: see %s", cases[i].line, log);
+        cr_assert(log_has(log, cases[i].error), "no '%s'; see %s", cases[i].error, log);
+        cr_assert(access(st_path(dir, "p.metrics.json"), F_OK) != 0, "metrics written");
+    }
     st_rm_rf(dir);
 }
 

@@ -470,16 +470,51 @@ static int assert_scores_within(const char *out, int lo, int hi)
     return rows;
 }
 
-/* A rubric checkpoint (LoRA r 4) for the model in mdir, written under dir by export_tool. */
-static char *make_ckpt(const char *dir, const char *mdir, const char *log)
+/* A rubric checkpoint (LoRA r 4) for the model in mdir, written under dir by export_tool;
+ * scores: the scores_per_row it records ("0": none). */
+static char *make_ckpt_scores(const char *dir, const char *mdir, const char *log,
+                              const char *scores)
 {
     const char *tool = getenv("RUBRIC_EXPORT_TOOL");
     cr_assert(tool, "RUBRIC_EXPORT_TOOL is not set (run through meson test)");
     char *cdir = st_path(dir, "ckpt");
     char *mk[] = {(char *)tool, "make-ckpt", "--model", (char *)mdir, "--out", cdir, "--r", "4",
-                  NULL};
+                  "--scores", (char *)scores, NULL};
     cr_assert_eq(st_run(mk, log, NULL), 0, "see %s", log);
     return st_path(cdir, "checkpoint-1.h5");
+}
+
+static char *make_ckpt(const char *dir, const char *mdir, const char *log)
+{
+    return make_ckpt_scores(dir, mdir, log, "0");
+}
+
+/* --num-scores other than the checkpoint's scores_per_row overrides it (docs/score.md: K is
+ * --num-scores, else the checkpoint's), with a warning before anything is scored. */
+Test(score_model, num_scores_over_the_checkpoints_says_so_up_front, .timeout = 300)
+{
+    char *dir = st_tmpdir(), *mdir = init_model(dir, "random", 0), *log = st_path(dir, "log");
+    char *in = write_rows(dir, 4), *out = st_path(dir, "p.jsonl");
+    char *ckpt = make_ckpt_scores(dir, mdir, log, "3");
+    for (int i = 0; i < 2; i++) {
+        char *argv[] = {(char *)st_bin(), "score", "--adapter", ckpt, "--model", mdir, "--input",
+                        in, "--output", out, "--tokenizer", TOK_DIR, "--backend", "cpu",
+                        "--num-scores", i ? "3" : "5", NULL};
+        unlink(log);
+        cr_assert_eq(st_run(argv, log, NULL), 0, "see %s", log);
+        char *text = st_read(log, NULL);
+        const char *warn = strstr(text, "--num-scores 5 overrides the 3 scores per row");
+        const char *start = strstr(text, "scoring ");
+        if (i == 0) {
+            cr_assert(warn, "no warning; see %s", log);
+            cr_assert(start && warn < start, "the warning came after the start; see %s", log);
+            cr_assert(log_contains(log, "5 scores per row"), "see %s", log);
+        } else {
+            cr_assert(!strstr(text, "overrides"), "a warning for the same K; see %s", log);
+        }
+        free(text);
+    }
+    st_rm_rf(dir);
 }
 
 /* --set on top of an adapter's stored config (no --config): the key set here wins. */
