@@ -216,6 +216,7 @@ static inline void st_rm_rf(const char *dir)
 static inline char *st_path(const char *dir, const char *name)
 {
     char *p = malloc(strlen(dir) + strlen(name) + 2);
+    cr_assert(p, "out of memory");
     sprintf(p, "%s/%s", dir, name);
     return p;
 }
