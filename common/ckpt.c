@@ -2,6 +2,7 @@
 #include "ckpt.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -9,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -617,14 +619,52 @@ static int read_state(hid_t f, ckpt_meta *m)
     return rc ? err_prefix(rc, "/state") : 0;
 }
 
+int ckpt_file_is_hdf5(const char *path)
+{
+    /* the superblock signature, at 0 or after a user block (512, 1024, 2048, ... bytes) */
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return 0;
+    int found = 0;
+    unsigned char buf[8];
+    for (long at = 0; !found && at <= (1L << 20); at = at ? 2 * at : 512) {
+        if (fseek(fp, at, SEEK_SET) != 0 || fread(buf, 1, 8, fp) != 8)
+            break;
+        found = memcmp(buf, sig, 8) == 0;
+    }
+    fclose(fp);
+    return found;
+}
+
+int ckpt_check_file(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return errno == ENOENT ? err_set(RB_EXIT_INPUT, "%s: no such file", path)
+                               : err_set(RB_EXIT_INPUT, "%s: %s", path, strerror(errno));
+    if (S_ISDIR(sb.st_mode))
+        return err_set(RB_EXIT_INPUT, "%s is a directory, not a checkpoint file "
+                       "(checkpoint-<step>.h5)", path);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return err_set(RB_EXIT_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    fclose(fp);
+    if (!ckpt_file_is_hdf5(path))
+        return err_set(RB_EXIT_INPUT, "%s is not a checkpoint (not an HDF5 file)", path);
+    return 0;
+}
+
 int ckpt_read_meta(const char *path, ckpt_meta *meta)
 {
     h5_quiet();
     memset(meta, 0, sizeof *meta);
+    int rc0 = ckpt_check_file(path);
+    if (rc0)
+        return rc0;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0)
-        return err_set(RB_EXIT_INPUT, "%s: not a readable HDF5 file (truncated or corrupt?)",
-                       path);
+        return err_set(RB_EXIT_INPUT, "%s: a damaged HDF5 file (truncated or corrupt?)", path);
     int rc = read_state(f, meta);
     H5Fclose(f);
     return rc ? err_prefix(rc, "%s", path) : 0;
@@ -668,12 +708,17 @@ static hsize_t group_size(hid_t f, const char *name)
     return info.nlinks;
 }
 
-static int verify_open(hid_t f)
+#define CKPT_DAMAGED_ADVICE "; delete it or resume from an older checkpoint"
+
+/* *damaged: the file is a rubric checkpoint (its /state reads) that is incomplete or whose
+ * data does not check out, as opposed to another kind of HDF5 file. */
+static int verify_open(hid_t f, int *damaged)
 {
     ckpt_meta m;
     int rc = read_state(f, &m);
     if (rc)
         return rc;
+    *damaged = 1;
     hid_t g = H5Gopen2(f, "state", H5P_DEFAULT);
     int64_t complete = 0;
     attr_read(g, "complete", H5T_NATIVE_INT64, &complete);
@@ -705,13 +750,25 @@ static int verify_open(hid_t f)
 int ckpt_verify(const char *path)
 {
     h5_quiet();
+    int rc = ckpt_check_file(path);
+    if (rc)
+        return rc;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0)
-        return err_set(RB_EXIT_INPUT, "%s: not a readable HDF5 file (truncated or corrupt?); "
-                       "delete it or resume from an older checkpoint", path);
-    int rc = verify_open(f);
+        return err_set(RB_EXIT_INPUT, "checkpoint %s: a damaged HDF5 file (truncated or "
+                       "corrupt?)" CKPT_DAMAGED_ADVICE, path);
+    int damaged = 0;
+    rc = verify_open(f, &damaged);
     H5Fclose(f);
-    return rc ? err_prefix(rc, "checkpoint %s", path) : 0;
+    if (!rc)
+        return 0;
+    err_prefix(rc, "checkpoint %s", path);
+    if (damaged) { /* a real checkpoint, damaged: only then is deleting it the advice */
+        char *msg = xstrdup(err_msg());
+        err_set(rc, "%s" CKPT_DAMAGED_ADVICE, msg);
+        free(msg);
+    }
+    return rc;
 }
 
 int ckpt_find_latest(const char *dir, char **path)

@@ -101,8 +101,18 @@ int ckpt_save(MPI_Comm comm, const char *output_dir, const ckpt_meta *meta,
               const ckpt_param *params, int n_params, const ckpt_slice *slice, int with_optim,
               int save_total_limit, char **path_out);
 
-/* Serial, whole-file check: opens, format and version, complete mark, every dataset's hash.
- * Returns 0 or RB_EXIT_INPUT with a message naming the file and what is wrong. */
+/* Whether path holds an HDF5 superblock signature (at 0 or after a user block). */
+int ckpt_file_is_hdf5(const char *path);
+
+/* Before opening a checkpoint: 0 for a readable HDF5 file, else RB_EXIT_INPUT with
+ * "PATH: no such file", "PATH is a directory, ...", "PATH: cannot open: ..." or "PATH is not a
+ * checkpoint (not an HDF5 file)". ckpt_verify and ckpt_read_meta start with it. */
+int ckpt_check_file(const char *path);
+
+/* Serial, whole-file check: ckpt_check_file, then opens, format and version, complete mark, every dataset's hash.
+ * Returns 0 or RB_EXIT_INPUT with a message naming the file and what is wrong; only a damaged
+ * checkpoint (truncated, incomplete, a hash that does not match) adds "delete it or resume
+ * from an older checkpoint". */
 int ckpt_verify(const char *path);
 
 /* Read /state (serial). */

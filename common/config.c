@@ -386,6 +386,11 @@ const char *config_source(const rubric_config *cfg)
 /* "config.yml:12:1" for a key's place, "--set" for an override, the file for a default. */
 static char *key_place(const rubric_config *cfg, const char *key)
 {
+    return config_key_place(cfg, key);
+}
+
+char *config_key_place(const rubric_config *cfg, const char *key)
+{
     int i = key_index(key);
     int line = i < 0 ? 0 : cfg->origin->line[i];
     if (line < 0)

@@ -165,6 +165,10 @@ void config_free(rubric_config *cfg);
  * which is -1). For messages of later stages: "config.yml:12: sequence_len: ...". */
 int config_key_line(const rubric_config *cfg, const char *key);
 
+/* Where a key was set, for messages: "config.yml:12:1", "--set", or the config file when the
+ * key has its default. Free with free(). */
+char *config_key_place(const rubric_config *cfg, const char *key);
+
 /* The i-th key rubric knows (the table docs/config.md documents); NULL past the end. */
 const char *config_key_name(int i);
 

@@ -29,24 +29,6 @@ static void inspect_usage(FILE *out)
             "per row). Any other file is an error (exit 2).\n");
 }
 
-/* HDF5's signature, at offset 0 or a user block of 512, 1024, 2048... bytes. */
-static int has_hdf5_signature(const char *path)
-{
-    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return 0;
-    int found = 0;
-    unsigned char buf[8];
-    for (long at = 0; !found && at <= (1L << 20); at = at ? 2 * at : 512) {
-        if (fseek(fp, at, SEEK_SET) != 0 || fread(buf, 1, 8, fp) != 8)
-            break;
-        found = memcmp(buf, sig, 8) == 0;
-    }
-    fclose(fp);
-    return found;
-}
-
 /* What kind of file path is, with an error for anything inspect cannot read. */
 static int inspect_check_file(const char *path)
 {
@@ -60,7 +42,7 @@ static int inspect_check_file(const char *path)
     if (!fp)
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s", path, strerror(errno));
     fclose(fp);
-    if (!has_hdf5_signature(path))
+    if (!ckpt_file_is_hdf5(path))
         return err_set(RB_EXIT_INPUT, "%s is not an HDF5 file; `rubric inspect` reads "
                        "checkpoints and prepared datasets (.h5)", path);
     return 0;

@@ -435,6 +435,7 @@ static int builder_add(builder *b, const row_slot *r, int file_index)
 typedef struct {
     const rubric_config *cfg;
     prompt_encoder pe;
+    uint32_t pad_id; /* special_tokens.pad_token's id (checked at ctx_init) */
     thread_scratch *ts;
     int n_threads;
     row_slot *slots;
@@ -1806,13 +1807,62 @@ static void fill_final_stats(prep_stats *st, const prep_dataset *ds)
                          : 0.0;
 }
 
+/* A token the config names under special_tokens (`key`: pad_token, eos_token) must be one of
+ * the tokenizer's: exit 2 naming the key's place, never a silent fallback. */
+static int special_token_id(const rubric_config *cfg, const tokenizer *tk, const char *key,
+                            const char *text, uint32_t *id)
+{
+    int64_t v = tokenizer_token_id(tk, text);
+    if (v >= 0) {
+        *id = (uint32_t)v;
+        return 0;
+    }
+    char *place = config_key_place(cfg, "special_tokens");
+    int rc = err_set(RB_EXIT_INPUT, "%s: special_tokens.%s: the tokenizer has no '%s' token "
+                     "(base_model %s); give one of its tokens (see its tokenizer.json, "
+                     "added_tokens)", place, key, text, cfg->base_model ? cfg->base_model : "?");
+    free(place);
+    return rc;
+}
+
+/* The padding id: special_tokens.pad_token, else <|endoftext|>, else (a tokenizer without
+ * it) the eos id. */
+static int pad_token_id(const rubric_config *cfg, const tokenizer *tk, uint32_t eos,
+                        uint32_t *id)
+{
+    if (cfg->pad_token)
+        return special_token_id(cfg, tk, "pad_token", cfg->pad_token, id);
+    int64_t v = tokenizer_token_id(tk, "<|endoftext|>");
+    *id = v >= 0 ? (uint32_t)v : eos;
+    return 0;
+}
+
+/* The special tokens the config names, checked before a cache is reused (a cache built with a
+ * token the tokenizer lacks must not hide the mistake). */
+static int check_special_tokens(const rubric_config *cfg, const tokenizer *tk,
+                                enum prompt_style style)
+{
+    uint32_t id;
+    int rc = style != PROMPT_STYLE_QWEN3 && cfg->eos_token
+                 ? special_token_id(cfg, tk, "eos_token", cfg->eos_token, &id)
+                 : 0;
+    return rc ? rc : pad_token_id(cfg, tk, 0, &id);
+}
+
 static int ctx_init(prep_ctx *c, const rubric_config *cfg, const tokenizer *tk,
                     enum prompt_style style, prep_stats *st)
 {
     memset(c, 0, sizeof *c);
     c->cfg = cfg;
     c->st = st;
-    int rc = prompt_encoder_init(&c->pe, tk, style, cfg->eos_token, cfg->train_on_inputs);
+    uint32_t eos_id;
+    int rc = style != PROMPT_STYLE_QWEN3 && cfg->eos_token
+                 ? special_token_id(cfg, tk, "eos_token", cfg->eos_token, &eos_id)
+                 : 0;
+    if (!rc)
+        rc = prompt_encoder_init(&c->pe, tk, style, cfg->eos_token, cfg->train_on_inputs);
+    if (!rc)
+        rc = pad_token_id(cfg, tk, c->pe.eos, &c->pad_id);
     if (rc)
         return rc;
 #ifdef _OPENMP
@@ -1849,12 +1899,6 @@ static void ctx_free(prep_ctx *c)
         atomic_file_abort(&c->rejects);
 }
 
-static uint32_t pad_token_id(const rubric_config *cfg, const tokenizer *tk, uint32_t eos)
-{
-    int64_t id = tokenizer_token_id(tk, cfg->pad_token ? cfg->pad_token : "<|endoftext|>");
-    return id >= 0 ? (uint32_t)id : eos;
-}
-
 /* Read, check, tokenize, filter, split and pack; the dataset is returned in *out. */
 static int build_dataset(prep_ctx *c, const rubric_config *cfg, prep_dataset **out)
 {
@@ -1872,7 +1916,7 @@ static int build_dataset(prep_ctx *c, const rubric_config *cfg, prep_dataset **o
     for (int64_t i = 0; i < c->b.n; i++)
         if (!c->b.removed[i])
             hashes[n++] = c->b.hash_lo[i];
-    prep_dataset *ds = dataset_from_builder(&c->b, cfg, pad_token_id(cfg, c->pe.tk, c->pe.eos),
+    prep_dataset *ds = dataset_from_builder(&c->b, cfg, c->pad_id,
                                             c->st->n_scores);
     if (ds->n_samples == 0)
         rc = err_set(RB_EXIT_INPUT, "no usable rows in the dataset(s): %lld read, %lld rejected, "
@@ -1970,6 +2014,8 @@ int prep_run(const rubric_config *cfg, const tokenizer *tk, char **cache_path,
     enum prompt_style style;
     char fp[17];
     int rc = prompt_style_from_config(cfg, &style);
+    if (!rc)
+        rc = check_special_tokens(cfg, tk, style);
     if (!rc)
         rc = compute_fingerprint(cfg, tk, style, fp);
     if (!rc)

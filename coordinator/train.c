@@ -2,12 +2,15 @@
 #include "train.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "ckpt.h"
@@ -41,6 +44,7 @@ typedef struct {
     protocol_report *reports; /* [n_workers] */
     int finished;             /* rank 0: every step done (not stopped by a signal) */
     char backend_desc[160];   /* the workers' backend, from the first worker */
+    int lock_fd;              /* rank 0: <output_dir>/.rubric-train.lock, held for the run */
 } trainer;
 
 static volatile sig_atomic_t train_signal;
@@ -418,6 +422,51 @@ static int check_fresh_output_dir(const trainer *t)
     return err_set(RB_EXIT_INPUT, "output_dir %s already holds checkpoints of an earlier run "
                    "(newest: checkpoint-%" PRId64 ".h5); continue it with --resume auto, or "
                    "choose another output_dir, or delete them", t->cfg->output_dir, newest);
+}
+
+/*
+ * Rank 0, first of all: one run at a time in an output_dir. An exclusive flock on
+ * <output_dir>/.rubric-train.lock, held until the process ends (the kernel releases it even
+ * on a crash, so a file left by an earlier run is simply taken); the holder writes its pid and
+ * host into it, which the refused run names.
+ */
+static int lock_output_dir(trainer *t)
+{
+    char *path = xasprintf("%s/.rubric-train.lock", t->cfg->output_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int rc = err_set(RB_EXIT_RUNTIME, "output_dir %s: cannot open the lock file %s: %s",
+                         t->cfg->output_dir, path, strerror(errno));
+        free(path);
+        return rc;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char who[256] = "";
+        ssize_t n = pread(fd, who, sizeof who - 1, 0);
+        who[n > 0 ? n : 0] = 0;
+        who[strcspn(who, "\n")] = 0;
+        close(fd);
+        int rc = e == EWOULDBLOCK
+            ? err_set(RB_EXIT_INPUT, "output_dir %s is in use by another rubric train (%s; lock "
+                      "file %s): wait for it to finish, or choose another output_dir",
+                      t->cfg->output_dir, who[0] ? who : "pid and host not yet written", path)
+            : err_set(RB_EXIT_RUNTIME, "output_dir %s: cannot lock %s: %s", t->cfg->output_dir,
+                      path, strerror(e));
+        free(path);
+        return rc;
+    }
+    char host[128] = "?";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    char who[256];
+    int n = snprintf(who, sizeof who, "pid %ld on host %s\n", (long)getpid(), host);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, who, (size_t)n, 0) != n)
+        log_warn("output_dir %s: cannot write pid and host into %s: %s", t->cfg->output_dir,
+                 path, strerror(errno));
+    free(path);
+    t->lock_fd = fd;
+    return 0;
 }
 
 /*
@@ -799,18 +848,22 @@ static void trainer_free(trainer *t)
     if (t->metrics)
         fclose(t->metrics);
     free(t->reports);
+    if (t->lock_fd >= 0)
+        close(t->lock_fd); /* releases the output_dir */
 }
 
 int train_run(const world *w, rubric_config *cfg, const train_options *opt)
 {
-    trainer t = {.w = w, .cfg = cfg, .opt = opt};
+    trainer t = {.w = w, .cfg = cfg, .opt = opt, .lock_fd = -1};
 
     train_install_signals(w->is_coordinator);
 
     /* 1. rank 0 checks output_dir and prepares the dataset (the files to score after training
      *    were checked by cmd_train with config_check_score_files); everyone learns where it is */
     char *path = NULL;
-    int rc = w->rank == 0 ? check_fresh_output_dir(&t) : 0;
+    int rc = w->rank == 0 ? lock_output_dir(&t) : 0;
+    if (!rc && w->rank == 0)
+        rc = check_fresh_output_dir(&t);
     rc = agree(w, rc, "checking output_dir");
 
     /* the workers' backend (a missing GPU is found before the data preparation) */

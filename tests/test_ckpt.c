@@ -22,6 +22,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt.h"
+#include "util.h"
+
 static char dir[256];
 
 static void make_dir(void)
@@ -180,7 +183,7 @@ Test(ckpt, damaged_or_foreign_files_are_refused)
     FILE *t = fopen(bad, "w");
     fputs("not hdf5\n", t);
     fclose(t);
-    expect_refused(bad, "", "not a readable HDF5 file");
+    expect_refused(bad, "", "is not a checkpoint (not an HDF5 file)");
 
     /* the model's table or base model differ */
     expect_refused(good, "shape", "has shape [4, 5], the model's is [4, 6]");
@@ -191,6 +194,69 @@ Test(ckpt, damaged_or_foreign_files_are_refused)
     snprintf(bad, sizeof bad, "%s/flipped.h5", dir);
     cr_assert_eq(run(out, sizeof out, "%s inspect %s", bin, bad), 2, "%s", out);
     cr_assert(strstr(out, "does not match its xxh64"), "%s", out);
+}
+
+/* What ckpt_verify and ckpt_read_meta say, and that only a damaged checkpoint gets the advice
+ * to delete it (a missing path or the user's other files never do). */
+static void expect_message(const char *path, const char *want, int advice)
+{
+    ckpt_meta m;
+    int rcs[2] = {ckpt_verify(path), 0};
+    char *msgs[2] = {xstrdup(err_msg()), NULL};
+    rcs[1] = ckpt_read_meta(path, &m);
+    if (rcs[1] == 0)
+        ckpt_meta_free(&m);
+    msgs[1] = xstrdup(err_msg());
+    for (int i = 0; i < 2; i++) {
+        const char *fn = i ? "ckpt_read_meta" : "ckpt_verify";
+        if (i == 1 && advice && rcs[i] == 0) {
+            free(msgs[i]);
+            continue; /* read_meta reads /state only: it need not see the damage */
+        }
+        cr_assert_eq(rcs[i], RB_EXIT_INPUT, "%s %s: %d", fn, path, rcs[i]);
+        cr_assert(strstr(msgs[i], path), "%s: %s", fn, msgs[i]);
+        if (i == 0 || !advice)
+            cr_assert(strstr(msgs[i], want), "%s: wanted '%s': %s", fn, want, msgs[i]);
+        if (i == 0)
+            cr_assert_eq(strstr(msgs[i], "delete it") != NULL, advice, "%s: %s", fn, msgs[i]);
+        else
+            cr_assert_null(strstr(msgs[i], "delete it"), "%s: %s", fn, msgs[i]);
+        free(msgs[i]);
+    }
+}
+
+Test(ckpt, missing_or_non_hdf5_files_are_named_as_such)
+{
+    write_ckpt(3, 5, 0);
+    char good[512], bad[512];
+    snprintf(good, sizeof good, "%s/checkpoint-5.h5", dir);
+
+    snprintf(bad, sizeof bad, "%s/no-such.h5", dir);
+    expect_message(bad, "no such file", 0);
+    snprintf(bad, sizeof bad, "%s/rows.jsonl", dir);
+    FILE *t = fopen(bad, "w");
+    fputs("{\"instruction\": \"x\"}\n", t);
+    fclose(t);
+    expect_message(bad, "is not a checkpoint (not an HDF5 file)", 0);
+    expect_message(dir, "is a directory", 0);
+    snprintf(bad, sizeof bad, "%s/foreign.h5", dir);
+    hid_t f = H5Fcreate(bad, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Fclose(f);
+    expect_message(bad, "not a rubric checkpoint", 0);
+
+    /* real checkpoints, damaged: the advice stays */
+    snprintf(bad, sizeof bad, "%s/truncated.h5", dir);
+    copy_file(good, bad);
+    struct stat st;
+    stat(bad, &st);
+    cr_assert_eq(truncate(bad, st.st_size / 2), 0);
+    expect_message(bad, "truncated or corrupt", 1);
+    snprintf(bad, sizeof bad, "%s/flipped.h5", dir);
+    copy_file(good, bad);
+    corrupt_dataset(bad, "/optim/base_model.model.model.layers.1.mlp.up_proj.lora_A.weight/"
+                         "exp_avg");
+    expect_message(bad, "does not match its xxh64", 1);
+    cr_assert_eq(ckpt_verify(good), 0, "%s", err_msg());
 }
 
 Test(ckpt, auto_takes_the_newest_valid_and_limit_keeps_the_newest)

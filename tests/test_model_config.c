@@ -539,7 +539,8 @@ Test(init_model, bad_options_exit_2_and_write_nothing)
     char *d = tmp_dir();
     const char *bad[] = {"--hidden 0", "--type gpt2", "--heads 4 --kv-heads 3", "--dtype f16",
                          "--bogus", "--head-dim 15", "--tokenizer /nonexistent",
-                         "--max-shard-size 0", "--max-shard-size 12Q"};
+                         "--max-shard-size 0", "--max-shard-size 12Q",
+                         "--hidden 999999999", "--layers 1000000000 --hidden 4096"};
     for (size_t i = 0; i < RB_ARRAY_LEN(bad); i++) {
         char *args = xasprintf("--out %s/m --vocab 100 %s", d, bad[i]);
         cr_assert_eq(run_rubric(args), 2, "init-model %s did not exit 2", bad[i]);
@@ -549,6 +550,13 @@ Test(init_model, bad_options_exit_2_and_write_nothing)
         free(args);
     }
     cr_assert_eq(run_rubric("--vocab 100"), 2, "a missing --out must exit 2");
+
+    /* a shape beyond memory: a range error naming the options, not an out-of-memory exit 1 */
+    char *out, *args = xasprintf("--out %s/m --hidden 999999999", d);
+    cr_assert_eq(run_rubric_output(args, &out), 2, "%s", out);
+    cr_assert(strstr(out, "more than this machine's") && strstr(out, "lower --hidden"), "%s", out);
+    free(out);
+    free(args);
     rm_rf(d);
     free(d);
 }

@@ -567,6 +567,31 @@ Test(prep, long_rows_are_dropped_and_counted, .init = setup, .fini = teardown)
     config_free(&cfg);
 }
 
+Test(prep, unknown_special_tokens_are_input_errors, .init = setup, .fini = teardown)
+{
+    const char *paths[] = {EMOBANK, NULL};
+    static const char *const keys[] = {"pad_token", "eos_token"};
+    for (int k = 0; k < 2; k++) {
+        rubric_config cfg;
+        make_config(&cfg, paths);
+        if (k == 0) {
+            cfg.pad_token = xstrdup("<|no_such_token|>");
+        } else {
+            cfg.prompt_format = PROMPT_ALPACA;
+            cfg.eos_token = xstrdup("<|no_such_token|>");
+        }
+        char *cache = NULL;
+        prep_stats st;
+        cr_assert_eq(prep_run(&cfg, tk, &cache, &st), RB_EXIT_INPUT, "%s: no error", keys[k]);
+        char *want = xasprintf("special_tokens.%s: the tokenizer has no '<|no_such_token|>' "
+                               "token", keys[k]);
+        cr_assert(strstr(err_msg(), want), "%s", err_msg());
+        cr_assert_null(cache);
+        free(want);
+        config_free(&cfg);
+    }
+}
+
 Test(prep, val_split_is_deterministic, .init = setup, .fini = teardown)
 {
     const char *paths[] = {EMOBANK, NULL};

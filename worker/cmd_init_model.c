@@ -301,6 +301,10 @@ static int init_check_args(init_options *o, const init_parse_state *ps)
 typedef struct {
     st_write_tensor *t;
     int n, cap;
+    int count_only;          /* only count: elements, the largest tensor (nothing allocated) */
+    double elements;         /* a double: a silly shape must not overflow the count */
+    int64_t largest;
+    char largest_name[320];
 } init_tensors;
 
 enum init_kind { INIT_NORMAL, INIT_EMBED, INIT_ZERO, INIT_ONE };
@@ -316,6 +320,19 @@ static void init_add(init_tensors *ts, const init_options *o, enum init_kind kin
     va_end(ap);
 
     int64_t n = d0 * (d1 ? d1 : 1);
+    if (ts->count_only) {
+        ts->elements += n;
+        if (n > ts->largest) {
+            ts->largest = n;
+            if (d1)
+                snprintf(ts->largest_name, sizeof ts->largest_name, "%s [%lld, %lld]", name,
+                         (long long)d0, (long long)d1);
+            else
+                snprintf(ts->largest_name, sizeof ts->largest_name, "%s [%lld]", name,
+                         (long long)d0);
+        }
+        return;
+    }
     float *v = xmalloc((size_t)n * sizeof *v);
     if (kind == INIT_NORMAL || kind == INIT_EMBED) {
         init_rng r;
@@ -509,7 +526,66 @@ static int init_remove_old_weights(const char *dir)
     return rc;
 }
 
+/* The weights are made in memory: a shape whose tensors (plus the f32 copy of the largest
+ * while it is converted) exceed this machine's memory is a range error, before anything is
+ * written. */
+static int init_check_memory(const init_options *o)
+{
+    /* every layer has the same tensors: count the model without layers and with one */
+    init_options one = *o;
+    init_tensors none = {.count_only = 1}, ts = {.count_only = 1};
+    one.mc.num_hidden_layers = 0;
+    init_build(&none, &one);
+    one.mc.num_hidden_layers = o->mc.num_hidden_layers > 0 ? 1 : 0;
+    init_build(&ts, &one);
+    ts.elements = none.elements + (ts.elements - none.elements) * o->mc.num_hidden_layers;
+    double width = strcmp(o->dtype, "bf16") == 0 ? 2.0 : 4.0;
+    double need = ts.elements * width + (double)ts.largest * 4.0;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+    if (have > 0 && need > have)
+        return err_set(RB_EXIT_INPUT, "init-model: the model would have %.4g parameters "
+                       "(%.1f GiB in %s; largest tensor %s), more than this machine's %.1f GiB "
+                       "of memory: lower --hidden, --intermediate, --layers or --vocab",
+                       ts.elements, need / 1073741824.0, o->dtype, ts.largest_name,
+                       have / 1073741824.0);
+    return 0;
+}
+
+/* A failed init-model leaves no folder it made: its files (flat), then the folder. */
+static void init_remove_new_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *path = xasprintf("%s/%s", dir, e->d_name);
+        unlink(path);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    if (rmdir(dir) != 0)
+        log_warn("init-model failed; could not remove the folder it made, %s: %s", dir,
+                 strerror(errno));
+}
+
+static int init_model_write(const init_options *o);
+
 static int init_model_run(const init_options *o)
+{
+    int rc = init_check_memory(o);
+    if (rc)
+        return rc;
+    int existed = path_exists(o->out);
+    rc = init_model_write(o);
+    if (rc && !existed && path_is_dir(o->out))
+        init_remove_new_dir(o->out);
+    return rc;
+}
+
+static int init_model_write(const init_options *o)
 {
     /* 1. the tokenizer first, so a missing one fails before anything is written */
     char *tok_dir = NULL;

@@ -39,6 +39,10 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
                   within 60 s, each worker naming itself, before the data preparation
   bad_output_dir  output_dir a regular file, or a path under one: exit 2 naming the key, the
                   path and the reason, before any work
+  concurrent      two one-process runs started at once into one output_dir: one trains, the
+                  other is refused (exit 2) naming the output_dir and the first's pid and host;
+                  the winner's metrics.jsonl and checkpoints are whole; a later run takes the
+                  lock file the finished run left
   dead_worker     a worker killed (SIGKILL) in a step: the job exits non-zero within 60 s and
                   the output names rank 2
   hung_worker     a worker stopped (SIGSTOP): the coordinator's deadline ends the job non-zero
@@ -433,6 +437,28 @@ def case_bad_output_dir(r):
     return "exit 2 before any work: " + "; ".join(said)
 
 
+def case_concurrent(r):
+    out = f"{r.root}/concurrent"
+    env = {"RUBRIC_TEST_STEP_SLEEP_MS": "300"}  # the winner still holds the lock when the other checks
+    a = train(r.root, out, 0, env=env, popen=True)
+    b = train(r.root, out, 0, env=env, popen=True)
+    logs = {p: p.communicate(timeout=300)[0] for p in (a, b)}
+    codes = sorted(p.returncode for p in (a, b))
+    assert codes == [0, 2], f"exit codes {codes}:\n" + "\n----\n".join(
+        v[-1500:] for v in logs.values())
+    win, lose = (a, b) if a.returncode == 0 else (b, a)
+    msg = logs[lose]
+    host = os.uname().nodename
+    assert f"output_dir {out} is in use by another rubric train (pid {win.pid} on host {host}" \
+        in msg, msg[-2000:]
+    assert "prep:" not in msg and "step 1/" not in msg, msg[-2000:]
+    steps = [x["step"] for x in all_rows(out) if "loss" in x]
+    assert steps == list(range(1, STEPS + 1)), f"metrics.jsonl steps {steps}"
+    # the lock file left behind is taken by the next run
+    p = train(r.root, out, 0, ["--resume", "auto", "--set", f"max_steps={STEPS + 1}"])
+    return "one trained, the other: " + msg[msg.index("output_dir " + out):].split(":")[0]
+
+
 def case_dead_worker(r):
     t0 = time.time()
     p = train(r.root, f"{r.root}/dead", 2, env={"RUBRIC_TEST_DIE_AT_STEP": "2:1"}, check=False)
@@ -492,7 +518,8 @@ def case_hung_worker(r):
 
 CASES = ["same_batch", "resume_1", "resume_2", "reshard", "staged", "backend_choice",
          "sigterm", "sigterm_score",
-         "kill_resume", "more_steps", "sigint", "bad_output_dir", "dead_worker", "hung_worker"]
+         "kill_resume", "more_steps", "sigint", "bad_output_dir", "concurrent",
+         "dead_worker", "hung_worker"]
 
 
 def main():
