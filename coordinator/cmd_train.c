@@ -83,8 +83,9 @@ static const char train_options_help[] =
     "      --step-timeout S     base wait for the workers' reports, seconds (default 60;\n"
     "                           the wait also grows with the slowest step)\n"
     "      --backend NAME       the workers' kernels: cuda (one GPU per worker, NCCL), cpu\n"
-    "                           (MPI), or auto: cuda when every worker finds a GPU, else cpu\n"
-    "                           (default: $RUBRIC_BACKEND, else auto)\n";
+    "                           (MPI), or auto: cuda when the workers find GPUs, cpu when\n"
+    "                           none does, a mix is an error (default: $RUBRIC_BACKEND,\n"
+    "                           else auto)\n";
 
 int cmd_train(int argc, char **argv)
 {
