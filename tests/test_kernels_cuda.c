@@ -383,7 +383,9 @@ static int32_t *cu_of(const int *len, int n_seg)
     return cu;
 }
 
-static void att_run(const att_case *ac, int backward)
+/* Both forwards on the same inputs (out within tol_out, lse within tol_lse); with tol_bwd > 0,
+ * both backwards from the CPU's forward results (dq, dk, dv within tol_bwd). */
+static void att_run(const att_case *ac, double tol_out, double tol_lse, double tol_bwd)
 {
     int32_t *cu_q = cu_of(ac->nq, ac->n_seg), *cu_k = cu_of(ac->nk, ac->n_seg);
     int Tq = cu_q[ac->n_seg], Tk = cu_k[ac->n_seg], max_q = 0;
@@ -403,10 +405,10 @@ static void att_run(const att_case *ac, int backward)
                      ac->d, scale);
     G->attention_fwd(dout_, dlse, dq_, dk_, dv_, dcu_q, dcu_k, ac->n_seg, max_q, ac->heads,
                      ac->kv_heads, ac->d, scale);
-    expect_dev("attention_fwd out", dout_, out, nq, 2e-5);
-    expect_dev("attention_fwd lse", dlse, lse, nl, 1e-6);
+    expect_dev("attention_fwd out", dout_, out, nq, tol_out);
+    expect_dev("attention_fwd lse", dlse, lse, nl, tol_lse);
 
-    if (backward) {
+    if (tol_bwd > 0) {
         /* both backwards from the CPU's forward results */
         G->upload(dout_, out, sizeof(float) * nq);
         G->upload(dlse, lse, sizeof(float) * nl);
@@ -417,9 +419,9 @@ static void att_run(const att_case *ac, int backward)
                          ac->heads, ac->kv_heads, ac->d, scale);
         G->attention_bwd(dgq, dgk, dgv, dg, dq_, dk_, dv_, dout_, dlse, dcu_q, dcu_k,
                          ac->n_seg, max_q, ac->heads, ac->kv_heads, ac->d, scale);
-        expect_dev("attention_bwd dq", dgq, gq, nq, 1e-4);
-        expect_dev("attention_bwd dk", dgk, gk, nk, 1e-4);
-        expect_dev("attention_bwd dv", dgv, gv, nk, 1e-4);
+        expect_dev("attention_bwd dq", dgq, gq, nq, tol_bwd);
+        expect_dev("attention_bwd dk", dgk, gk, nk, tol_bwd);
+        expect_dev("attention_bwd dv", dgv, gv, nk, tol_bwd);
         G->free(dg);
         G->free(dgq);
         G->free(dgk);
@@ -456,7 +458,7 @@ Test(kernels_cuda, attention_fwd_bwd_training)
         {1, 4, 1, 256, {40}, {40}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        att_run(&cases[i], 1);
+        att_run(&cases[i], 2e-5, 1e-6, 1e-4);
 }
 
 /* prefill: keys are a cache plus the new tokens (bottom-right causal alignment) */
@@ -468,7 +470,41 @@ Test(kernels_cuda, attention_fwd_prefill)
         {2, 16, 8, 128, {3, 64}, {600, 100}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        att_run(&cases[i], 0);
+        att_run(&cases[i], 2e-5, 1e-6, 0);
+}
+
+/* bf16 GEMMs: attention runs on tensor cores for head_dim 32, 64, 128 (bf16 operands, fp32
+ * accumulation): out 2e-2, lse 5e-3, dq/dk/dv 3e-2 of the largest value (the host emulator,
+ * tests/gpu/emu_attention.cpp, measures about 4e-3, 1e-3 and 8e-3); training (forward and
+ * backward), prefill and decode (one query per segment) shapes, partial tiles, GQA */
+Test(kernels_cuda, attention_fwd_tensor_cores)
+{
+    NEED_GPU();
+    const char *held = kernel_gemm_precision_set(G, KERNEL_GEMM_BF16);
+    if (strcmp(held, "bf16") != 0)
+        cr_skip_test("RUBRIC_CUDA_GEMM=%s holds the GEMMs at another precision", held);
+    att_case train[] = {
+        {5, 4, 2, 32, {1, 5, 64, 65, 130}, {1, 5, 64, 65, 130}},
+        {3, 8, 8, 64, {16, 17, 100}, {16, 17, 100}},
+        {2, 16, 8, 128, {130, 31}, {130, 31}},
+    };
+    for (size_t i = 0; i < sizeof train / sizeof train[0]; i++)
+        att_run(&train[i], 2e-2, 5e-3, 3e-2);
+    att_case prefill[] = {
+        {3, 4, 2, 64, {1, 20, 7}, {50, 20, 90}},
+        {2, 16, 8, 128, {3, 64}, {600, 100}},
+        {4, 16, 8, 128, {1, 1, 1, 1}, {600, 1, 65, 300}},
+    };
+    for (size_t i = 0; i < sizeof prefill / sizeof prefill[0]; i++)
+        att_run(&prefill[i], 2e-2, 5e-3, 0);
+    /* head_dim 16 and 256 keep the fp32 kernel under bf16 GEMMs: its tolerance */
+    att_case fp32_cases[] = {
+        {2, 4, 2, 16, {5, 33}, {5, 33}},
+        {1, 4, 1, 256, {40}, {40}},
+    };
+    for (size_t i = 0; i < sizeof fp32_cases / sizeof fp32_cases[0]; i++)
+        att_run(&fp32_cases[i], 2e-5, 1e-6, 1e-4);
+    kernel_gemm_precision_set(G, KERNEL_GEMM_FP32);
 }
 
 /* ---- SwiGLU: libm vs CUDA expf: 1e-6 ---- */

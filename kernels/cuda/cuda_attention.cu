@@ -16,6 +16,10 @@
  *           query tiles that can see the keys: dV += P^T dO, dK += dS^T Q.
  * rowsum(dO * O) is recomputed where needed (a d-long dot per row) instead of stored.
  *
+ * With bf16 GEMMs (the model's `bf16`, or RUBRIC_CUDA_GEMM=bf16) and head_dim 32, 64 or 128
+ * the forward and both backward kernels run on tensor cores instead
+ * (cuda_attention_tc_kernels.cuh: bf16 operands, fp32 accumulation, tiles of 64 x 64).
+ *
  * Limits: head_dim at most ATT_MAXD (256); max_q must be at least every segment's query count
  * (and, in the backward, key count): the grid is sized from it.
  */
@@ -23,6 +27,7 @@
 
 #include "cuda_common.h"
 #include "cuda_attention_kernels.cuh"
+#include "cuda_attention_tc_kernels.cuh"
 
 /* ---- launches ---- */
 
@@ -49,11 +54,73 @@ static void att_check_shape(const char *what, int n_seg, int max_q, int heads, i
                what, n_seg, max_q);
 }
 
+/* the tensor-core forward for one head_dim */
+template <int D>
+static void att_fwd_tc_launch(float *out, float *lse, const float *q, const float *k,
+                              const float *v, const int32_t *cu_q, const int32_t *cu_k,
+                              int n_seg, int max_q, int heads, int kv_heads, float scale)
+{
+    int tiles = (max_q + ATT_TC_BQ - 1) / ATT_TC_BQ;
+    if (n_seg == 0 || tiles == 0)
+        return;
+    static size_t granted;
+    size_t smem = att_tc_layout<D>::bytes;
+    att_allow_smem((const void *)att_fwd_tc_kernel<D>, smem, &granted);
+    dim3 grid((unsigned)(n_seg * tiles), (unsigned)heads);
+    att_fwd_tc_kernel<D><<<grid, ATT_TC_THREADS, smem>>>(out, lse, q, k, v, cu_q, cu_k, tiles,
+                                                         heads, kv_heads, scale);
+    CUDA_CHECK_LAUNCH("att_fwd_tc_kernel");
+}
+
+/* the tensor cores serve bf16 GEMMs and these head sizes */
+static int att_tc_wanted(int d)
+{
+    return cuda_gemm_precision_now() == KERNEL_GEMM_BF16 && (d == 32 || d == 64 || d == 128);
+}
+
+/* the tensor-core backward for one head_dim (cu_q == cu_k) */
+template <int D>
+static void att_bwd_tc_launch(float *dq, float *dk, float *dv, const float *dout,
+                              const float *q, const float *k, const float *v, const float *out,
+                              const float *lse, const int32_t *cu_q, const int32_t *cu_k,
+                              int n_seg, int max_q, int heads, int kv_heads, float scale)
+{
+    int tiles = (max_q + 63) / 64;
+    if (n_seg == 0 || tiles == 0)
+        return;
+    static size_t granted_dq, granted_dkv;
+    size_t smem = att_tc_bwd_layout<D>::bytes;
+    att_allow_smem((const void *)att_bwd_dq_tc_kernel<D>, smem, &granted_dq);
+    att_allow_smem((const void *)att_bwd_dkv_tc_kernel<D>, smem, &granted_dkv);
+    dim3 grid_dq((unsigned)(n_seg * tiles), (unsigned)heads);
+    att_bwd_dq_tc_kernel<D><<<grid_dq, ATT_TC_THREADS, smem>>>(dq, dout, q, k, v, out, lse,
+                                                               cu_q, cu_k, tiles, heads,
+                                                               kv_heads, scale);
+    CUDA_CHECK_LAUNCH("att_bwd_dq_tc_kernel");
+    dim3 grid_dkv((unsigned)(n_seg * tiles), (unsigned)kv_heads);
+    att_bwd_dkv_tc_kernel<D><<<grid_dkv, ATT_TC_THREADS, smem>>>(dk, dv, dout, q, k, v, out,
+                                                                 lse, cu_q, cu_k, tiles, heads,
+                                                                 kv_heads, scale);
+    CUDA_CHECK_LAUNCH("att_bwd_dkv_tc_kernel");
+}
+
 void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
                         const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
                         int heads, int kv_heads, int d, float scale)
 {
     att_check_shape("attention forward", n_seg, max_q, heads, kv_heads, d);
+    if (att_tc_wanted(d)) {
+        if (d == 32)
+            att_fwd_tc_launch<32>(out, lse, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads,
+                                  scale);
+        else if (d == 64)
+            att_fwd_tc_launch<64>(out, lse, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads,
+                                  scale);
+        else
+            att_fwd_tc_launch<128>(out, lse, q, k, v, cu_q, cu_k, n_seg, max_q, heads,
+                                   kv_heads, scale);
+        return;
+    }
     int tiles = (max_q + ATT_BQ - 1) / ATT_BQ;
     if (n_seg == 0 || tiles == 0)
         return;
@@ -73,6 +140,18 @@ void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, cons
                         int heads, int kv_heads, int d, float scale)
 {
     att_check_shape("attention backward", n_seg, max_q, heads, kv_heads, d);
+    if (att_tc_wanted(d)) {
+        if (d == 32)
+            att_bwd_tc_launch<32>(dq, dk, dv, dout, q, k, v, out, lse, cu_q, cu_k, n_seg,
+                                  max_q, heads, kv_heads, scale);
+        else if (d == 64)
+            att_bwd_tc_launch<64>(dq, dk, dv, dout, q, k, v, out, lse, cu_q, cu_k, n_seg,
+                                  max_q, heads, kv_heads, scale);
+        else
+            att_bwd_tc_launch<128>(dq, dk, dv, dout, q, k, v, out, lse, cu_q, cu_k, n_seg,
+                                   max_q, heads, kv_heads, scale);
+        return;
+    }
     int tiles = (max_q + ATT_BQ - 1) / ATT_BQ;
     if (n_seg == 0 || tiles == 0)
         return;

@@ -53,6 +53,8 @@ extern "C" const char *cuda_cublas_status_name(int status)
 
 cublasHandle_t cuda_blas(void) { return cuda_handle; }
 
+int cuda_gemm_precision_now(void) { return gemm_now; }
+
 static kernel_ops cuda_ops_table;
 static void cuda_table_fill(kernel_ops *t);
 

@@ -1,13 +1,9 @@
 /*
  * emu_attention.cpp: runs the CUDA attention kernels (kernels/cuda/cuda_attention_kernels.cuh)
- * on the host under tests/gpu/cuda_emu.h and compares them with the CPU backend, for checking
- * the kernels' indexing and arithmetic where no GPU exists. A development check, not part of
- * the build (it needs a C++20 compiler and runs slowly: one thread per CUDA thread):
- *
- *   g++ -std=c++20 -O1 -Wno-unknown-pragmas -Ikernels -Ikernels/cuda -Ibuild-cuda -Icommon \
- *       tests/gpu/emu_attention.cpp \
- *       build-cuda/librubric.a $(pkg-config --libs openblas libxxhash) -lm -fopenmp \
- *       $(mpicc --showme:link) -o /tmp/emu_attention && /tmp/emu_attention
+ * and the tensor-core forward (cuda_attention_tc_kernels.cuh) on the host under
+ * tests/gpu/cuda_emu.h and compares them with the CPU backend, for checking the kernels'
+ * indexing and arithmetic where no GPU exists. A unit test of every build (tests/gpu/
+ * meson.build); it needs a C++20 compiler and runs slowly: one thread per CUDA thread.
  */
 #include "cuda_emu.h"
 
@@ -15,6 +11,7 @@
 #include <cstdlib>
 
 #include "cuda_attention_kernels.cuh"
+#include "cuda_attention_tc_kernels.cuh"
 
 extern "C" {
 #include "cpu/cpu_ops.h"
@@ -116,6 +113,159 @@ static int run_case(int n_seg, int heads, int kv_heads, int d, const int *nq, co
     return bad || bad_b;
 }
 
+/* bf16 rounding, as the tensor-core kernel's tile loads do it */
+static std::vector<float> bf16_rounded(const std::vector<float> &x)
+{
+    std::vector<float> y(x.size());
+    for (size_t i = 0; i < x.size(); i++)
+        y[i] = __bfloat162float(__float2bfloat16(x[i]));
+    return y;
+}
+
+template <int D>
+static void tc_bwd_launch(std::vector<float> &dq, std::vector<float> &dk, std::vector<float> &dv,
+                          const std::vector<float> &g, const std::vector<float> &q,
+                          const std::vector<float> &k, const std::vector<float> &v,
+                          const std::vector<float> &out, const std::vector<float> &lse,
+                          const std::vector<int32_t> &cu, int n_seg, int max_q, int heads,
+                          int kv_heads, float scale)
+{
+    int tiles = (max_q + 63) / 64;
+    emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_TC_THREADS), [&] {
+        att_bwd_dq_tc_kernel<D>(dq.data(), g.data(), q.data(), k.data(), v.data(), out.data(),
+                                lse.data(), cu.data(), cu.data(), tiles, heads, kv_heads,
+                                scale);
+    });
+    if (smem_overrun((att_tc_bwd_layout<D>::bytes + 3) / 4))
+        dq[0] = NAN;
+    smem_poison();
+    emu_launch(dim3(n_seg * tiles, kv_heads), dim3(ATT_TC_THREADS), [&] {
+        att_bwd_dkv_tc_kernel<D>(dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
+                                 out.data(), lse.data(), cu.data(), cu.data(), tiles, heads,
+                                 kv_heads, scale);
+    });
+    if (smem_overrun((att_tc_bwd_layout<D>::bytes + 3) / 4))
+        dk[0] = NAN;
+}
+
+template <int D>
+static void tc_launch(std::vector<float> &out, std::vector<float> &lse,
+                      const std::vector<float> &q, const std::vector<float> &k,
+                      const std::vector<float> &v, const std::vector<int32_t> &cu_q,
+                      const std::vector<int32_t> &cu_k, int n_seg, int max_q, int heads,
+                      int kv_heads, float scale)
+{
+    int tiles = (max_q + ATT_TC_BQ - 1) / ATT_TC_BQ;
+    emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_TC_THREADS), [&] {
+        att_fwd_tc_kernel<D>(out.data(), lse.data(), q.data(), k.data(), v.data(), cu_q.data(),
+                             cu_k.data(), tiles, heads, kv_heads, scale);
+    });
+}
+
+/* The tensor-core backward (cu_q == cu_k) from the CPU's forward results against the CPU
+ * backward: on fp32 inputs within test_kernels_cuda's bf16 tolerance (3e-2), and on inputs
+ * rounded to bf16 (then only P's and dS's rounding and the order of sums differ: 6e-3). */
+static int run_tc_bwd(int n_seg, int heads, int kv_heads, int d, const int *n,
+                      const std::vector<float> &q, const std::vector<float> &k,
+                      const std::vector<float> &v, bool rounded)
+{
+    std::vector<int32_t> cu(n_seg + 1, 0);
+    int max_q = 0;
+    for (int s = 0; s < n_seg; s++) {
+        cu[s + 1] = cu[s] + n[s];
+        max_q = std::max(max_q, n[s]);
+    }
+    int T = cu[n_seg];
+    size_t sq = (size_t)T * heads * d, sk = (size_t)T * kv_heads * d;
+    std::vector<float> g(sq);
+    for (auto &x : g)
+        x = frand();
+    if (rounded)
+        g = bf16_rounded(g);
+    float scale = 1.0f / std::sqrt((float)d);
+    std::vector<float> out(sq), lse((size_t)T * heads);
+    cpu_attention_fwd(out.data(), lse.data(), q.data(), k.data(), v.data(), cu.data(),
+                      cu.data(), n_seg, max_q, heads, kv_heads, d, scale);
+    std::vector<float> dq(sq, NAN), dk(sk, NAN), dv(sk, NAN);
+    cpu_attention_bwd(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
+                      out.data(), lse.data(), cu.data(), cu.data(), n_seg, max_q, heads,
+                      kv_heads, d, scale);
+    std::vector<float> edq(sq, NAN), edk(sk, NAN), edv(sk, NAN);
+    smem_poison();
+    if (d == 32)
+        tc_bwd_launch<32>(edq, edk, edv, g, q, k, v, out, lse, cu, n_seg, max_q, heads,
+                          kv_heads, scale);
+    else if (d == 64)
+        tc_bwd_launch<64>(edq, edk, edv, g, q, k, v, out, lse, cu, n_seg, max_q, heads,
+                          kv_heads, scale);
+    else
+        tc_bwd_launch<128>(edq, edk, edv, g, q, k, v, out, lse, cu, n_seg, max_q, heads,
+                           kv_heads, scale);
+    double e_dq = max_rel(edq, dq), e_dk = max_rel(edk, dk), e_dv = max_rel(edv, dv);
+    double tol = rounded ? 6e-3 : 3e-2;
+    int bad = !(e_dq <= tol) || !(e_dk <= tol) || !(e_dv <= tol);
+    printf("bwd tensor cores seg %d heads %d/%d d %d%s: dq %.2e dk %.2e dv %.2e%s\n", n_seg,
+           heads, kv_heads, d, rounded ? " (bf16-rounded inputs)" : "", e_dq, e_dk, e_dv,
+           bad ? "  FAIL" : "");
+    return bad;
+}
+
+/* The tensor-core forward against the CPU backend twice: on the same fp32 inputs, within the
+ * bf16 tolerance that test_kernels_cuda states (out 2e-2, lse 5e-3 of the largest value), and
+ * on inputs already rounded to bf16, where only P's rounding and the order of sums differ
+ * (out 5e-3, lse 1e-5): a tighter net for indexing and masking mistakes. With nk == NULL the
+ * case is a training one (keys = queries) and the backward runs too. */
+static int run_tc_case(int n_seg, int heads, int kv_heads, int d, const int *nq, const int *nk)
+{
+    bool backward = nk == NULL;
+    if (backward)
+        nk = nq;
+    std::vector<int32_t> cu_q(n_seg + 1, 0), cu_k(n_seg + 1, 0);
+    int max_q = 0;
+    for (int s = 0; s < n_seg; s++) {
+        cu_q[s + 1] = cu_q[s] + nq[s];
+        cu_k[s + 1] = cu_k[s] + nk[s];
+        max_q = std::max(max_q, nq[s]);
+    }
+    int Tq = cu_q[n_seg], Tk = cu_k[n_seg];
+    size_t sq = (size_t)Tq * heads * d, sk = (size_t)Tk * kv_heads * d, sl = (size_t)Tq * heads;
+    std::vector<float> q(sq), k(sk), v(sk);
+    for (auto *vec : {&q, &k, &v})
+        for (auto &x : *vec)
+            x = 2 * frand();
+    float scale = 1.0f / std::sqrt((float)d);
+    std::vector<float> qr = bf16_rounded(q), kr = bf16_rounded(k), vr = bf16_rounded(v);
+
+    std::vector<float> out(sq, NAN), lse(sl, NAN), outr(sq, NAN), lser(sl, NAN);
+    cpu_attention_fwd(out.data(), lse.data(), q.data(), k.data(), v.data(), cu_q.data(),
+                      cu_k.data(), n_seg, max_q, heads, kv_heads, d, scale);
+    cpu_attention_fwd(outr.data(), lser.data(), qr.data(), kr.data(), vr.data(), cu_q.data(),
+                      cu_k.data(), n_seg, max_q, heads, kv_heads, d, scale);
+    std::vector<float> eout(sq, NAN), else_(sl, NAN);
+    smem_poison();
+    if (d == 32)
+        tc_launch<32>(eout, else_, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads, scale);
+    else if (d == 64)
+        tc_launch<64>(eout, else_, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads, scale);
+    else
+        tc_launch<128>(eout, else_, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads, scale);
+    size_t bytes = d == 32   ? att_tc_layout<32>::bytes
+                   : d == 64 ? att_tc_layout<64>::bytes
+                             : att_tc_layout<128>::bytes;
+    double e_out = max_rel(eout, out), e_lse = max_rel(else_, lse);
+    double r_out = max_rel(eout, outr), r_lse = max_rel(else_, lser);
+    int bad = !(e_out <= 2e-2) || !(e_lse <= 5e-3) || !(r_out <= 5e-3) || !(r_lse <= 1e-5) ||
+              smem_overrun((bytes + 3) / 4);
+    printf("fwd tensor cores seg %d heads %d/%d d %d: out %.2e lse %.2e (bf16-rounded inputs: "
+           "out %.2e lse %.2e)%s\n", n_seg, heads, kv_heads, d, e_out, e_lse, r_out, r_lse,
+           bad ? "  FAIL" : "");
+    if (backward) {
+        bad += run_tc_bwd(n_seg, heads, kv_heads, d, nq, q, k, v, false);
+        bad += run_tc_bwd(n_seg, heads, kv_heads, d, nq, qr, kr, vr, true);
+    }
+    return bad;
+}
+
 int main()
 {
     int bad = 0;
@@ -124,6 +274,13 @@ int main()
     { int n[] = {50, 31}; bad += run_case(2, 4, 2, 128, n, n, true); }
     { int n[] = {20}; bad += run_case(1, 2, 1, 256, n, n, true); }
     { int q[] = {1, 20, 7}, k[] = {50, 20, 90}; bad += run_case(3, 4, 2, 64, q, k, false); }
+    /* the tensor-core forward: training (cu_q == cu_k), partial tiles, GQA, prefill */
+    { int n[] = {1, 5, 64, 65, 130}; bad += run_tc_case(5, 4, 2, 32, n, NULL); }
+    { int n[] = {17, 100}; bad += run_tc_case(2, 2, 2, 64, n, NULL); }
+    { int n[] = {70, 3}; bad += run_tc_case(2, 4, 2, 128, n, NULL); }
+    { int q[] = {1, 20, 7, 64}, k[] = {50, 20, 90, 130};
+      bad += run_tc_case(4, 4, 1, 64, q, k); }
+    { int q[] = {1, 2}, k[] = {200, 64}; bad += run_tc_case(2, 2, 1, 128, q, k); }
     printf(bad ? "emu_attention: %d case(s) FAILED\n" : "emu_attention: all cases passed\n", bad);
     return bad != 0;
 }
