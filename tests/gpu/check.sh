@@ -10,7 +10,7 @@
 #   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend),
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
 #      the model's step alone, timed) with fp32 GEMMs, then 10 with TF32 and 10 with bf16
-#      tensor-core GEMMs (RUBRIC_CUDA_GEMM; fp32 storage and accumulation), then the whole
+#      tensor-core GEMMs and attention (RUBRIC_CUDA_GEMM; fp32 storage and accumulation), then the whole
 #      `rubric train` (prep, ZeRO over NCCL, checkpoints, evaluation, score_after_train) of a
 #      small random model for 8 steps with --backend cuda and with --backend cpu: the losses of
 #      every step side by side (the two must agree within 1e-3),

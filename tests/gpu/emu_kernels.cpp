@@ -1,13 +1,8 @@
 /*
  * emu_kernels.cpp: runs the CUDA backend's elementwise, row, norm, RoPE, SwiGLU, dropout, NF4,
  * AdamW, sum-of-squares and cross-entropy kernels on the host under tests/gpu/cuda_emu.h and
- * compares them with the CPU backend (the same tolerances as tests/test_kernels_cuda.c). A
- * development check of the kernels' logic where no GPU exists, not part of the build:
- *
- *   g++ -std=c++20 -O1 -Wno-unknown-pragmas -Ikernels -Ikernels/cuda -Ibuild-cuda -Icommon \
- *       tests/gpu/emu_kernels.cpp \
- *       build-cuda/librubric.a $(pkg-config --libs openblas libxxhash) -lm -fopenmp \
- *       $(mpicc --showme:link) -o /tmp/emu_kernels && /tmp/emu_kernels
+ * compares them with the CPU backend (the same tolerances as tests/test_kernels_cuda.c): a
+ * unit test of every build (tests/gpu/meson.build), where no GPU is needed.
  *
  * The emulator's launches use small blocks and grids, so the grid-stride loops wrap.
  */
