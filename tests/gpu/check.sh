@@ -7,7 +7,8 @@
 #      unpacked with dpkg -x into a private folder,
 #   3. builds rubric with -Dcuda=enabled, adding the card's architecture to nvcc's targets
 #      (the build always has sm_86 and sm_90),
-#   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend),
+#   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend), then times
+#      attention forward and backward in fp32 and bf16 against torch's SDPA (bench_attention.py),
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
 #      the model's step alone, timed) with fp32 GEMMs, then 10 with TF32 and 10 with bf16
 #      tensor-core GEMMs and attention (RUBRIC_CUDA_GEMM; fp32 storage and accumulation), then the whole
@@ -107,7 +108,8 @@ if [ ! -f "$BUILD/build.ninja" ]; then
     meson setup "$BUILD" -Dcuda=enabled -Dbuildtype=release > "$OUT/meson-setup.log" 2>&1 ||
         { tail -30 "$OUT/meson-setup.log"; die "meson setup failed ($OUT/meson-setup.log)"; }
 fi
-ninja -C "$BUILD" rubric tests/test_kernels_cuda tests/gpu_train_step > "$OUT/build.log" 2>&1 ||
+ninja -C "$BUILD" rubric tests/test_kernels_cuda tests/gpu_train_step bench/bench_attention \
+    > "$OUT/build.log" 2>&1 ||
     { grep -E "error|FAILED" "$OUT/build.log" | head -30; die "the build failed ($OUT/build.log)"; }
 missing=$(ldd "$BUILD/rubric" "$BUILD/tests/test_kernels_cuda" | grep "not found" | sort -u)
 [ -z "$missing" ] || die "libraries the binaries cannot find (add their packages to" \
@@ -128,6 +130,12 @@ case $KRC in
     77) KERNELS="SKIPPED (the binary found no GPU)" ;;
     *) KERNELS="FAILED (exit $KRC, $OUT/kernels.log)" ;;
 esac
+
+# ---- 4b. attention alone: fp32 and bf16 (tensor cores) against torch's SDPA ----
+step "attention benchmark (bench/bench_attention.py: rubric vs torch SDPA)"
+ATT_TABLE=$(timeout 180 python3 bench/bench_attention.py --build "$BUILD" --threads 8 \
+    --n-seg 1 --seq 256 2>&1) || ATT_TABLE="attention benchmark failed: $ATT_TABLE"
+echo "$ATT_TABLE" | tee "$OUT/attention.txt"
 
 # ---- 5. training: a random model with Qwen3-0.6B's shape ----
 MODEL=$WORK/qwen3-0.6b-random
@@ -266,6 +274,9 @@ row() { # $1 label, $2 file
     row "bf16 GEMMs (10 steps)" "$OUT/train-bf16.txt"
     echo
     echo "kernel checks: $KERNELS"
+    echo
+    echo "$ATT_TABLE"
+    echo
     echo "rubric train --backend cuda vs cpu (8 steps, small random model): $E2E_OK"
     echo "$E2E_TABLE"
     echo "scoring: $NROWS rows, $ROWS_S rows/s (rubric score --backend cuda, one process)"
