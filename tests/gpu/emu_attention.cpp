@@ -50,16 +50,24 @@ static int smem_overrun(size_t floats)
     return 0;
 }
 
+/* the cumulative offsets of segment lengths (n_seg + 1 entries); returns the longest */
+static int cu_of(std::vector<int32_t> &cu, int n_seg, const int *len)
+{
+    cu.assign(n_seg + 1, 0);
+    int longest = 0;
+    for (int s = 0; s < n_seg; s++) {
+        cu[s + 1] = cu[s] + len[s];
+        longest = std::max(longest, len[s]);
+    }
+    return longest;
+}
+
 static int run_case(int n_seg, int heads, int kv_heads, int d, const int *nq, const int *nk,
                     bool backward)
 {
-    std::vector<int32_t> cu_q(n_seg + 1, 0), cu_k(n_seg + 1, 0);
-    int max_q = 0;
-    for (int s = 0; s < n_seg; s++) {
-        cu_q[s + 1] = cu_q[s] + nq[s];
-        cu_k[s + 1] = cu_k[s] + nk[s];
-        max_q = std::max(max_q, nq[s]);
-    }
+    std::vector<int32_t> cu_q, cu_k;
+    int max_q = cu_of(cu_q, n_seg, nq);
+    cu_of(cu_k, n_seg, nk);
     int Tq = cu_q[n_seg], Tk = cu_k[n_seg];
     size_t sq = (size_t)Tq * heads * d, sk = (size_t)Tk * kv_heads * d, sl = (size_t)Tq * heads;
     std::vector<float> q(sq), k(sk), v(sk), g(sq);
@@ -169,12 +177,8 @@ static int run_tc_bwd(int n_seg, int heads, int kv_heads, int d, const int *n,
                       const std::vector<float> &q, const std::vector<float> &k,
                       const std::vector<float> &v, bool rounded)
 {
-    std::vector<int32_t> cu(n_seg + 1, 0);
-    int max_q = 0;
-    for (int s = 0; s < n_seg; s++) {
-        cu[s + 1] = cu[s] + n[s];
-        max_q = std::max(max_q, n[s]);
-    }
+    std::vector<int32_t> cu;
+    int max_q = cu_of(cu, n_seg, n);
     int T = cu[n_seg];
     size_t sq = (size_t)T * heads * d, sk = (size_t)T * kv_heads * d;
     std::vector<float> g(sq);
@@ -220,13 +224,9 @@ static int run_tc_case(int n_seg, int heads, int kv_heads, int d, const int *nq,
     bool backward = nk == NULL;
     if (backward)
         nk = nq;
-    std::vector<int32_t> cu_q(n_seg + 1, 0), cu_k(n_seg + 1, 0);
-    int max_q = 0;
-    for (int s = 0; s < n_seg; s++) {
-        cu_q[s + 1] = cu_q[s] + nq[s];
-        cu_k[s + 1] = cu_k[s] + nk[s];
-        max_q = std::max(max_q, nq[s]);
-    }
+    std::vector<int32_t> cu_q, cu_k;
+    int max_q = cu_of(cu_q, n_seg, nq);
+    cu_of(cu_k, n_seg, nk);
     int Tq = cu_q[n_seg], Tk = cu_k[n_seg];
     size_t sq = (size_t)Tq * heads * d, sk = (size_t)Tk * kv_heads * d, sl = (size_t)Tq * heads;
     std::vector<float> q(sq), k(sk), v(sk);
