@@ -637,22 +637,26 @@ int ckpt_file_is_hdf5(const char *path)
     return found;
 }
 
-int ckpt_check_file(const char *path)
+int ckpt_check_h5_file(const char *path, const char *what)
 {
     struct stat sb;
     if (stat(path, &sb) != 0)
         return errno == ENOENT ? err_set(RB_EXIT_INPUT, "%s: no such file", path)
                                : err_set(RB_EXIT_INPUT, "%s: %s", path, strerror(errno));
     if (S_ISDIR(sb.st_mode))
-        return err_set(RB_EXIT_INPUT, "%s is a directory, not a checkpoint file "
-                       "(checkpoint-<step>.h5)", path);
+        return err_set(RB_EXIT_INPUT, "%s is a directory, not %s", path, what);
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s", path, strerror(errno));
     fclose(fp);
     if (!ckpt_file_is_hdf5(path))
-        return err_set(RB_EXIT_INPUT, "%s is not a checkpoint (not an HDF5 file)", path);
+        return err_set(RB_EXIT_INPUT, "%s is not %s (not an HDF5 file)", path, what);
     return 0;
+}
+
+int ckpt_check_file(const char *path)
+{
+    return ckpt_check_h5_file(path, "a checkpoint");
 }
 
 int ckpt_read_meta(const char *path, ckpt_meta *meta)

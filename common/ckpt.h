@@ -104,9 +104,12 @@ int ckpt_save(MPI_Comm comm, const char *output_dir, const ckpt_meta *meta,
 /* Whether path holds an HDF5 superblock signature (at 0 or after a user block). */
 int ckpt_file_is_hdf5(const char *path);
 
-/* Before opening a checkpoint: 0 for a readable HDF5 file, else RB_EXIT_INPUT with
- * "PATH: no such file", "PATH is a directory, ...", "PATH: cannot open: ..." or "PATH is not a
- * checkpoint (not an HDF5 file)". ckpt_verify and ckpt_read_meta start with it. */
+/* Before opening an HDF5 file: 0 for a readable one, else RB_EXIT_INPUT with "PATH: no such
+ * file", "PATH is a directory, not WHAT", "PATH: cannot open: ..." or "PATH is not WHAT (not
+ * an HDF5 file)", WHAT the caller's words for what it reads. */
+int ckpt_check_h5_file(const char *path, const char *what);
+/* ckpt_check_h5_file for a checkpoint (WHAT "a checkpoint"); ckpt_verify and ckpt_read_meta
+ * start with it. */
 int ckpt_check_file(const char *path);
 
 /* Serial, whole-file check: ckpt_check_file, then opens, format and version, complete mark, every dataset's hash.

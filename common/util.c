@@ -349,3 +349,62 @@ double now_seconds(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+/* a cgroup limit file's bytes ("max", absent or unreadable: none) */
+static double cgroup_limit_at(const char *path)
+{
+    char *text = NULL;
+    size_t n = 0;
+    if (read_file(path, &text, &n) != 0)
+        return 0.0;
+    char *end = NULL;
+    double v = strtod(text, &end);
+    int ok = end != text && v > 0;
+    free(text);
+    return ok ? v : 0.0;
+}
+
+/* the lowest memory limit of this process's cgroup and its parents (v2: memory.max up the
+ * unified hierarchy; v1: the memory controller's memory.limit_in_bytes); 0 when none */
+static double cgroup_memory_limit(void)
+{
+    char *text = NULL;
+    size_t n = 0;
+    if (read_file("/proc/self/cgroup", &text, &n) != 0)
+        return 0.0;
+    double best = 0.0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c2 = 0;
+        const char *controllers = c1 + 1, *cg = c2 + 1;
+        int v2 = strcmp(line, "0") == 0 && !*controllers;
+        if (!v2 && strcmp(controllers, "memory") != 0)
+            continue;
+        char *dir = v2 ? xasprintf("/sys/fs/cgroup%s", cg)
+                       : xasprintf("/sys/fs/cgroup/memory%s", cg);
+        for (;;) {
+            char *f = xasprintf("%s/%s", dir, v2 ? "memory.max" : "memory.limit_in_bytes");
+            double v = cgroup_limit_at(f);
+            free(f);
+            if (v > 0 && (best == 0.0 || v < best))
+                best = v;
+            char *slash = strrchr(dir, '/');
+            if (!v2 || !slash || slash - dir <= (ptrdiff_t)strlen("/sys/fs/cgroup"))
+                break;
+            *slash = 0;
+        }
+        free(dir);
+    }
+    free(text);
+    return best;
+}
+
+double memory_limit_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+    double cg = cgroup_memory_limit();
+    return cg > 0 && (have == 0.0 || cg < have) ? cg : have;
+}

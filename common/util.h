@@ -95,6 +95,10 @@ int parse_byte_size(const char *s, uint64_t *out);
 /* Monotonic seconds. */
 double now_seconds(void);
 
+/* The memory this process may use, in bytes: the machine's physical memory, or its cgroup's
+ * limit where lower (a container, a Slurm job's --mem); 0 when neither is known. */
+double memory_limit_bytes(void);
+
 #define RB_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define RB_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define RB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

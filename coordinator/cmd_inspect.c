@@ -1,9 +1,7 @@
 /* cmd_inspect.c: `rubric inspect FILE.h5`: print a training checkpoint or a prepared dataset
  * readably. */
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "ckpt.h"
 #include "commands.h"
@@ -29,25 +27,6 @@ static void inspect_usage(FILE *out)
             "per row). Any other file is an error (exit 2).\n");
 }
 
-/* What kind of file path is, with an error for anything inspect cannot read. */
-static int inspect_check_file(const char *path)
-{
-    struct stat sb;
-    if (stat(path, &sb) != 0)
-        return err_set(RB_EXIT_INPUT, "%s does not exist", path);
-    if (S_ISDIR(sb.st_mode))
-        return err_set(RB_EXIT_INPUT, "%s is a directory; `rubric inspect` reads one "
-                       "checkpoint or prepared dataset file (.h5)", path);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return err_set(RB_EXIT_INPUT, "%s: cannot open: %s", path, strerror(errno));
-    fclose(fp);
-    if (!ckpt_file_is_hdf5(path))
-        return err_set(RB_EXIT_INPUT, "%s is not an HDF5 file; `rubric inspect` reads "
-                       "checkpoints and prepared datasets (.h5)", path);
-    return 0;
-}
-
 int cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
@@ -70,7 +49,8 @@ int cmd_inspect(int argc, char **argv)
         inspect_usage(stderr);
         return RB_EXIT_INPUT;
     }
-    int rc = inspect_check_file(path);
+    int rc = ckpt_check_h5_file(path, "a checkpoint or prepared dataset (.h5), what `rubric "
+                                "inspect` reads");
     if (!rc)
         rc = prep_is_dataset_file(path) ? prep_dataset_print(path) : ckpt_print(path, show_config);
     if (rc)

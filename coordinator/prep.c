@@ -1855,12 +1855,8 @@ static int ctx_init(prep_ctx *c, const rubric_config *cfg, const tokenizer *tk,
     memset(c, 0, sizeof *c);
     c->cfg = cfg;
     c->st = st;
-    uint32_t eos_id;
-    int rc = style != PROMPT_STYLE_QWEN3 && cfg->eos_token
-                 ? special_token_id(cfg, tk, "eos_token", cfg->eos_token, &eos_id)
-                 : 0;
-    if (!rc)
-        rc = prompt_encoder_init(&c->pe, tk, style, cfg->eos_token, cfg->train_on_inputs);
+    /* check_special_tokens has vouched for eos_token and pad_token */
+    int rc = prompt_encoder_init(&c->pe, tk, style, cfg->eos_token, cfg->train_on_inputs);
     if (!rc)
         rc = pad_token_id(cfg, tk, c->pe.eos, &c->pad_id);
     if (rc)

@@ -1258,11 +1258,13 @@ static int make_output_folder(const char *path, const char *what, int slot)
     return rc;
 }
 
-static void remove_made_folders(void)
+/* Remove the made folders while empty (remove 1), or only forget them (remove 0: once the
+ * run writes into them, they are the user's). */
+static void made_folders_done(int remove)
 {
     for (int i = 0; i < 2; i++) {
         char *d = made_dir_deep[i];
-        while (d && rmdir(d) == 0 && strcmp(d, made_dir_top[i]) != 0) {
+        while (remove && d && rmdir(d) == 0 && strcmp(d, made_dir_top[i]) != 0) {
             char *copy = xstrdup(d);
             free(d);
             d = xstrdup(dirname(copy));
@@ -1310,7 +1312,7 @@ static int score_prepare(const score_options *o, int *k)
         rc = make_output_folder(mpath, "--metrics", 1);
     free(mpath);
     if (rc)
-        remove_made_folders();
+        made_folders_done(1);
     return rc;
 }
 
@@ -1731,6 +1733,16 @@ int score_run(const score_options *o)
     if (setup[0])
         return setup[0];
     int k = setup[1];
+
+    /* rank 0's backend for every rank (another node's ranks may not see its RUBRIC_BACKEND) */
+    char backend[32] = "";
+    if (rank == 0)
+        snprintf(backend, sizeof backend, "%s", o->backend ? o->backend : "auto");
+    mpi_ok(MPI_Bcast(backend, sizeof backend, MPI_CHAR, 0, MPI_COMM_WORLD),
+           "sharing the backend");
+    score_options own = *o;
+    own.backend = backend;
+    o = &own;
     if (rank == 0)
         log_info("scoring %s -> %s: %d score%s per row in %d..%d, %d worker%s, chunks of %d "
                  "row%s%s", o->input, o->output, k, plural_s(k), o->score_min, o->score_max,
@@ -1744,12 +1756,14 @@ int score_run(const score_options *o)
     int gpu_index = 0, node_workers = 1;
     int rc = world_node_place(MPI_COMM_WORLD, rank > 0 || world == 1, &gpu_index,
                               &node_workers);
-    if (rc)
+    if (rc) {
+        made_folders_done(1);
         return rc;
+    }
     if (rank > 0 || world == 1) {
         rc = worker_open(&w, o, k, gpu_index);
         if (rc && world == 1) {
-            remove_made_folders(); /* nothing was written: leave no new empty folder */
+            made_folders_done(1); /* nothing was written: leave no new empty folder */
             rb_die_err(rc);
         }
     }
@@ -1759,10 +1773,11 @@ int score_run(const score_options *o)
             if (rank > 0)
                 worker_close(&w);
             else
-                remove_made_folders();
+                made_folders_done(1);
             return rc;
         }
     }
+    made_folders_done(0); /* the output is opened next: its folders stay */
     if (rank > 0)
         rc = worker_loop(&w);
     else

@@ -440,8 +440,18 @@ static int lock_output_dir(trainer *t)
         free(path);
         return rc;
     }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
+    int locked = flock(fd, LOCK_EX | LOCK_NB) == 0, e = errno;
+    if (!locked && (e == ENOSYS || e == ENOLCK || e == EOPNOTSUPP || e == EINVAL)) {
+        /* a shared filesystem without locks (Lustre without -o flock, NFS without lockd):
+         * run unlocked rather than not at all */
+        log_warn("output_dir %s: not locked against a second run (the filesystem has no "
+                 "flock: %s); make sure no other rubric train writes there", t->cfg->output_dir,
+                 strerror(e));
+        close(fd);
+        free(path);
+        return 0;
+    }
+    if (!locked) {
         char who[256] = "";
         ssize_t n = pread(fd, who, sizeof who - 1, 0);
         who[n > 0 ? n : 0] = 0;
@@ -866,10 +876,14 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
         rc = check_fresh_output_dir(&t);
     rc = agree(w, rc, "checking output_dir");
 
-    /* the workers' backend (a missing GPU is found before the data preparation) */
+    /* the workers' backend, rank 0's choice (another node's ranks may not see its
+     * RUBRIC_BACKEND); a missing GPU is found before the data preparation */
+    char *backend = w->rank == 0 ? xstrdup(opt->backend ? opt->backend : "auto") : NULL;
+    bcast_string(w, &backend);
     if (!rc)
-        rc = agree(w, w->is_worker ? worker_pick_backend(&t.wk, w, opt->backend) : 0,
+        rc = agree(w, w->is_worker ? worker_pick_backend(&t.wk, w, backend) : 0,
                    "choosing the backend");
+    free(backend);
     if (!rc && w->rank == 0)
         rc = prepare_dataset(&t, &path);
     rc = agree(w, rc, "preparing the dataset");

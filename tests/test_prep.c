@@ -384,7 +384,7 @@ Test(prep, inspect_prints_a_prepared_dataset_and_refuses_other_files, .init = se
 
     /* a JSONL file: not HDF5, and never the advice to delete it */
     cr_assert_eq(run_inspect(path, &out, &err), 2);
-    cr_assert(strstr(err, "is not an HDF5 file"), "stderr: %s", err);
+    cr_assert(strstr(err, "(not an HDF5 file)"), "stderr: %s", err);
     cr_assert(!strstr(err, "delete"), "stderr: %s", err);
     free(out), free(err);
 

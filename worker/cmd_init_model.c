@@ -541,12 +541,12 @@ static int init_check_memory(const init_options *o)
     ts.elements = none.elements + (ts.elements - none.elements) * o->mc.num_hidden_layers;
     double width = strcmp(o->dtype, "bf16") == 0 ? 2.0 : 4.0;
     double need = ts.elements * width + (double)ts.largest * 4.0;
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+    double have = memory_limit_bytes();
     if (have > 0 && need > have)
         return err_set(RB_EXIT_INPUT, "init-model: the model would have %.4g parameters "
-                       "(%.1f GiB in %s; largest tensor %s), more than this machine's %.1f GiB "
-                       "of memory: lower --hidden, --intermediate, --layers or --vocab",
+                       "(%.1f GiB in %s; largest tensor %s), more than the %.1f GiB of memory "
+                       "this process may use (the machine's, or its cgroup's limit as under "
+                       "Slurm --mem): lower --hidden, --intermediate, --layers or --vocab",
                        ts.elements, need / 1073741824.0, o->dtype, ts.largest_name,
                        have / 1073741824.0);
     return 0;

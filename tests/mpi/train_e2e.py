@@ -251,7 +251,18 @@ def case_staged(r):
     train(r.root, qa, 0, q + ["--backend", "cpu"])
     train(r.root, qb, 0, q + ["--backend", "cpu-staged"])
     check_rows(rows(qb), rows(qa), range(1, STEPS + 1), True, "QLoRA cpu-staged vs cpu")
-    return f"8 steps and {len(ha)} datasets bitwise equal to cpu, resume and QLoRA too"
+    # ZeRO stages 0 and 1 stage their collectives through host copies as well
+    for stage in (0, 1):
+        z = ["--set", f"zero_stage={stage}"]
+        za, zb = f"{r.root}/zero{stage}_cpu", f"{r.root}/zero{stage}_staged"
+        train(r.root, za, 2, z + ["--backend", "cpu"])
+        train(r.root, zb, 2, z + ["--backend", "cpu-staged"])
+        check_rows(rows(zb), rows(za), range(1, STEPS + 1), True,
+                   f"zero_stage {stage}: cpu-staged vs cpu")
+        assert hashes(f"{zb}/checkpoint-8.h5") == hashes(f"{za}/checkpoint-8.h5"), \
+            f"zero_stage {stage}: cpu-staged checkpoint differs"
+    return (f"8 steps and {len(ha)} datasets bitwise equal to cpu, resume, QLoRA and ZeRO "
+            "stages 0 and 1 too")
 
 
 def case_backend_choice(r):
@@ -269,7 +280,18 @@ def case_backend_choice(r):
                      r"(?:no usable GPU|this rubric was built without CUDA)", p.stdout)
     assert sorted(why) == ["1", "2"], p.stdout[-2000:]
     assert "Exit code:    2" in p.stdout and "prep:" not in p.stdout, p.stdout[-2000:]
-    return f"bad names exit 2; --backend cuda without a GPU: exit 2 in {took:.0f} s"
+    # rank 0's RUBRIC_BACKEND holds for every rank (mpirun does not carry the environment to
+    # other nodes): workers whose own environment says cuda still run on rank 0's cpu
+    args = [os.path.abspath(RUBRIC), "train", f"{r.root}/cfg.yml", "--set",
+            f"output_dir={r.root}/backend_env", "--set", "gradient_accumulation_steps=2"]
+    cmd = MPIRUN + ["-np", "1", "env", "RUBRIC_BACKEND=cpu", *args, ":",
+                    "-np", "2", "env", "RUBRIC_BACKEND=cuda", *args]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "backend cpu" in p.stdout and "cuda" not in p.stdout, p.stdout[-3000:]
+    return (f"bad names exit 2; --backend cuda without a GPU: exit 2 in {took:.0f} s; "
+            "workers follow rank 0's RUBRIC_BACKEND")
 
 
 def case_sigterm(r):
