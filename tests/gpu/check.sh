@@ -9,6 +9,7 @@
 #      (the build always has sm_86 and sm_90),
 #   4. runs every kernel check (test_kernels_cuda: CUDA against the CPU backend), then times
 #      attention forward and backward in fp32 and bf16 against torch's SDPA (bench_attention.py),
+#      and runs the attention checks under compute-sanitizer's memcheck and racecheck,
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
 #      the model's step alone, timed) with fp32 GEMMs, then 10 with TF32 and 10 with bf16
 #      tensor-core GEMMs and attention (RUBRIC_CUDA_GEMM; fp32 storage and accumulation), then the whole
@@ -136,6 +137,27 @@ step "attention benchmark (bench/bench_attention.py: rubric vs torch SDPA)"
 ATT_TABLE=$(timeout 180 python3 bench/bench_attention.py --build "$BUILD" --threads 8 \
     --n-seg 1 --seq 256 2>&1) || ATT_TABLE="attention benchmark failed: $ATT_TABLE"
 echo "$ATT_TABLE" | tee "$OUT/attention.txt"
+
+# ---- 4c. the attention checks under compute-sanitizer: out-of-bounds and shared-memory races
+# (what the host emulator cannot see), when the toolkit has it ----
+SANITIZER="not run (no compute-sanitizer)"
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [ -n "$CS" ] && [ "$KRC" != 77 ]; then
+    SANITIZER=""
+    for tool in memcheck racecheck; do
+        step "compute-sanitizer --tool $tool on the attention checks"
+        timeout 240 "$CS" --tool "$tool" --target-processes all --error-exitcode 9 \
+            "$BUILD/tests/test_kernels_cuda" --jobs 1 --filter 'kernels_cuda/attention_*' \
+            > "$OUT/sanitizer-$tool.log" 2>&1
+        src=$?
+        tail -3 "$OUT/sanitizer-$tool.log"
+        case $src in
+            0) SANITIZER="$SANITIZER $tool clean;" ;;
+            124) SANITIZER="$SANITIZER $tool timed out;" ;;
+            *) SANITIZER="$SANITIZER $tool FOUND ERRORS (exit $src, sanitizer-$tool.log);" ;;
+        esac
+    done
+fi
 
 # ---- 5. training: a random model with Qwen3-0.6B's shape ----
 MODEL=$WORK/qwen3-0.6b-random
@@ -274,6 +296,7 @@ row() { # $1 label, $2 file
     row "bf16 GEMMs (10 steps)" "$OUT/train-bf16.txt"
     echo
     echo "kernel checks: $KERNELS"
+    echo "compute-sanitizer on attention:$SANITIZER"
     echo
     echo "$ATT_TABLE"
     echo
