@@ -125,8 +125,7 @@ void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, 
     if (n_seg == 0 || tiles == 0)
         return;
     static size_t granted;
-    size_t smem = sizeof(float) * ((size_t)ATT_BQ * d + (size_t)ATT_BK * (d + 1) +
-                                   (size_t)ATT_BK * d);
+    size_t smem = sizeof(float) * att_fwd_smem_floats(d);
     att_allow_smem((const void *)att_fwd_kernel, smem, &granted);
     dim3 grid((unsigned)(n_seg * tiles), (unsigned)heads);
     att_fwd_kernel<<<grid, ATT_THREADS, smem>>>(out, lse, q, k, v, cu_q, cu_k, tiles, heads,
@@ -158,7 +157,7 @@ void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, cons
 
     /* 1. dQ, over (query tile, head) */
     static size_t granted_dq, granted_dkv;
-    size_t smem_dq = sizeof(float) * (2 * (size_t)ATT_BQ * d + 2 * (size_t)ATT_BK * (d + 1));
+    size_t smem_dq = sizeof(float) * att_dq_smem_floats(d);
     att_allow_smem((const void *)att_bwd_dq_kernel, smem_dq, &granted_dq);
     dim3 grid_dq((unsigned)(n_seg * tiles), (unsigned)heads);
     att_bwd_dq_kernel<<<grid_dq, ATT_THREADS, smem_dq>>>(dq, dout, q, k, v, out, lse, cu_q, cu_k,
@@ -166,8 +165,7 @@ void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, cons
     CUDA_CHECK_LAUNCH("att_bwd_dq_kernel");
 
     /* 2. dK and dV, over (key tile, kv head); keys per segment = queries (cu_q == cu_k) */
-    size_t smem_dkv = sizeof(float) * (2 * (size_t)ATT_BQ * d + 2 * (size_t)ATT_BK * (d + 1) +
-                                       2 * (size_t)ATT_BK);
+    size_t smem_dkv = sizeof(float) * att_dkv_smem_floats(d);
     att_allow_smem((const void *)att_bwd_dkv_kernel, smem_dkv, &granted_dkv);
     dim3 grid_dkv((unsigned)(n_seg * tiles), (unsigned)kv_heads);
     att_bwd_dkv_kernel<<<grid_dkv, ATT_THREADS, smem_dkv>>>(dk, dv, dout, q, k, v, out, lse,

@@ -24,6 +24,21 @@
 #define ATT_EPL (ATT_MAXD / 32)       /* output columns per lane */
 #define FULL_MASK 0xffffffffu
 
+/* Each kernel's dynamic shared memory in floats (the launches ask for these; the emulator
+ * test checks that nothing is written past them). */
+static inline size_t att_fwd_smem_floats(int d)
+{
+    return (size_t)ATT_BQ * d + (size_t)ATT_BK * (d + 1) + (size_t)ATT_BK * d;
+}
+static inline size_t att_dq_smem_floats(int d)
+{
+    return 2 * (size_t)ATT_BQ * d + 2 * (size_t)ATT_BK * (d + 1);
+}
+static inline size_t att_dkv_smem_floats(int d)
+{
+    return att_dq_smem_floats(d) + 2 * (size_t)ATT_BK;
+}
+
 /* Where a block's segment lies. */
 struct att_seg {
     int q_start, nq, k_start, nk;

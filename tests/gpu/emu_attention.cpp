@@ -80,7 +80,7 @@ static int run_case(int n_seg, int heads, int kv_heads, int d, const int *nq, co
     std::vector<float> out(sq, NAN), lse(sl, NAN), eout(sq, NAN), else_(sl, NAN);
     cpu_attention_fwd(out.data(), lse.data(), q.data(), k.data(), v.data(), cu_q.data(),
                       cu_k.data(), n_seg, max_q, heads, kv_heads, d, scale);
-    size_t fwd_smem = (size_t)ATT_BQ * d + (size_t)ATT_BK * (d + 1) + (size_t)ATT_BK * d;
+    size_t fwd_smem = att_fwd_smem_floats(d);
     smem_poison();
     emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_THREADS), [&] {
         att_fwd_kernel(eout.data(), else_.data(), q.data(), k.data(), v.data(), cu_q.data(),
@@ -98,8 +98,7 @@ static int run_case(int n_seg, int heads, int kv_heads, int d, const int *nq, co
     cpu_attention_bwd(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
                       out.data(), lse.data(), cu_q.data(), cu_k.data(), n_seg, max_q, heads,
                       kv_heads, d, scale);
-    size_t dq_smem = 2 * (size_t)ATT_BQ * d + 2 * (size_t)ATT_BK * (d + 1);
-    size_t dkv_smem = dq_smem + 2 * (size_t)ATT_BK;
+    size_t dq_smem = att_dq_smem_floats(d), dkv_smem = att_dkv_smem_floats(d);
     smem_poison();
     emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_THREADS), [&] {
         att_bwd_dq_kernel(edq.data(), g.data(), q.data(), k.data(), v.data(), out.data(),
