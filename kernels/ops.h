@@ -105,7 +105,16 @@ typedef struct kernel_ops {
     void (*attention_fwd)(float *out, float *lse, const float *q, const float *k,
                           const float *v, const int32_t *cu_q, const int32_t *cu_k,
                           int n_seg, int max_q, int heads, int kv_heads, int d, float scale);
-    /* Backward of the above (cu_q == cu_k). Overwrites dq, dk, dv. */
+    /* attention_fwd for scoring, over one KV cache per segment: segment s's queries are q rows
+     * cu_q[s] .. cu_q[s+1], its keys and values the first k_len[s] rows of k_rows[s] and
+     * v_rows[s] ([*, kv_heads * d] each, anywhere in backend memory), aligned bottom-right as
+     * above; no lse. k_rows and v_rows are arrays of backend pointers; they, cu_q and k_len
+     * live in backend memory. One call for every row of a batch, however its caches lie. */
+    void (*attention_fwd_rows)(float *out, const float *q, const float *const *k_rows,
+                               const float *const *v_rows, const int32_t *cu_q,
+                               const int32_t *k_len, int n_seg, int max_q, int heads,
+                               int kv_heads, int d, float scale);
+    /* Backward of attention_fwd (cu_q == cu_k). Overwrites dq, dk, dv. */
     void (*attention_bwd)(float *dq, float *dk, float *dv, const float *dout,
                           const float *q, const float *k, const float *v, const float *out,
                           const float *lse, const int32_t *cu_q, const int32_t *cu_k,

@@ -295,6 +295,42 @@ Test(kernels_cpu, attention_forward_with_cached_keys)
     free(q); free(k); free(v); free(out); free(want);
 }
 
+/* attention_fwd_rows: each row's keys in a cache of its own (NaN past its k_len), against the
+ * naive reference on the packed keys, and bitwise equal to attention_fwd on them */
+Test(kernels_cpu, attention_forward_rows_of_caches)
+{
+    int H = 4, KV = 2, D = 16, n = 4, kvd = KV * D;
+    int32_t cu_q[5] = {0, 1, 6, 7, 77}, cu_k[5] = {0, 30, 36, 37, 177}, k_len[4];
+    int Tq = cu_q[n], Tk = cu_k[n];
+    float *q = rand_buf((int64_t)Tq * H * D, 1), *k = rand_buf((int64_t)Tk * kvd, 1);
+    float *v = rand_buf((int64_t)Tk * kvd, 1);
+    const float *k_rows[4], *v_rows[4];
+    float *caches[8];
+    for (int r = 0; r < n; r++) {
+        k_len[r] = cu_k[r + 1] - cu_k[r];
+        for (int j = 0; j < 2; j++) {
+            float *c = xmalloc(sizeof(float) * (size_t)(k_len[r] + 5) * kvd);
+            for (int64_t i = 0; i < (int64_t)(k_len[r] + 5) * kvd; i++)
+                c[i] = NAN;
+            memcpy(c, (j ? v : k) + (int64_t)cu_k[r] * kvd, sizeof(float) * k_len[r] * kvd);
+            caches[2 * r + j] = c;
+        }
+        k_rows[r] = caches[2 * r];
+        v_rows[r] = caches[2 * r + 1];
+    }
+    int64_t nq = (int64_t)Tq * H * D;
+    float *out = xmalloc(sizeof(float) * nq), *packed = xmalloc(sizeof(float) * nq);
+    double *want = xmalloc(sizeof(double) * nq);
+    K->attention_fwd_rows(out, q, k_rows, v_rows, cu_q, k_len, n, 70, H, KV, D, 0.25f);
+    K->attention_fwd(packed, NULL, q, k, v, cu_q, cu_k, n, 70, H, KV, D, 0.25f);
+    attention_naive(want, q, k, v, cu_q, cu_k, n, H, KV, D, 0.25);
+    cr_assert(max_rel(out, want, nq) < 1e-5, "rows vs naive %g", max_rel(out, want, nq));
+    cr_assert(memcmp(out, packed, sizeof(float) * nq) == 0, "rows vs packed: not bitwise");
+    for (int i = 0; i < 2 * n; i++)
+        free(caches[i]);
+    free(q); free(k); free(v); free(out); free(packed); free(want);
+}
+
 Test(kernels_cpu, attention_backward_vs_finite_differences)
 {
     int H = 4, KV = 2, D = 4, T = 75;

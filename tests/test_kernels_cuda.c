@@ -447,6 +447,56 @@ static void att_run(const att_case *ac, double tol_out, double tol_lse, double t
     free(cu_k);
 }
 
+/* attention_fwd_rows: each segment's keys in a device cache of its own (room for 3 more rows,
+ * NaN), the pointer arrays in device memory; against the CPU's packed forward within tol */
+static void att_rows_run(const att_case *ac, double tol)
+{
+    int32_t *cu_q = cu_of(ac->nq, ac->n_seg), *cu_k = cu_of(ac->nk, ac->n_seg);
+    int Tq = cu_q[ac->n_seg], Tk = cu_k[ac->n_seg], max_q = 0, kvd = ac->kv_heads * ac->d;
+    for (int s = 0; s < ac->n_seg; s++)
+        max_q = RB_MAX(max_q, ac->nq[s]);
+    int64_t nq = (int64_t)Tq * ac->heads * ac->d;
+    float scale = 1.0f / sqrtf((float)ac->d);
+    float *q = rand_buf(nq, 2), *k = rand_buf((int64_t)Tk * kvd, 2);
+    float *v = rand_buf((int64_t)Tk * kvd, 1), *out = nan_buf(nq);
+    C->attention_fwd(out, NULL, q, k, v, cu_q, cu_k, ac->n_seg, max_q, ac->heads, ac->kv_heads,
+                     ac->d, scale);
+    float *dk_rows[6], *dv_rows[6];
+    int32_t k_len[6];
+    for (int s = 0; s < ac->n_seg; s++) {
+        k_len[s] = ac->nk[s];
+        int64_t n = (int64_t)(ac->nk[s] + 3) * kvd, at = (int64_t)cu_k[s] * kvd;
+        dk_rows[s] = dev_poison(n);
+        dv_rows[s] = dev_poison(n);
+        G->upload(dk_rows[s], k + at, sizeof(float) * (size_t)ac->nk[s] * kvd);
+        G->upload(dv_rows[s], v + at, sizeof(float) * (size_t)ac->nk[s] * kvd);
+    }
+    const float *const *dkr = dev(dk_rows, sizeof(float *) * ac->n_seg);
+    const float *const *dvr = dev(dv_rows, sizeof(float *) * ac->n_seg);
+    int32_t *dlen = dev(k_len, sizeof(int32_t) * ac->n_seg);
+    int32_t *dcu_q = dev(cu_q, sizeof(int32_t) * (ac->n_seg + 1));
+    float *dq_ = devf(q, nq), *dout_ = dev_poison(nq);
+    G->attention_fwd_rows(dout_, dq_, dkr, dvr, dcu_q, dlen, ac->n_seg, max_q, ac->heads,
+                          ac->kv_heads, ac->d, scale);
+    expect_dev("attention_fwd_rows out", dout_, out, nq, tol);
+    for (int s = 0; s < ac->n_seg; s++) {
+        G->free(dk_rows[s]);
+        G->free(dv_rows[s]);
+    }
+    G->free((void *)dkr);
+    G->free((void *)dvr);
+    G->free(dlen);
+    G->free(dcu_q);
+    G->free(dq_);
+    G->free(dout_);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+    free(cu_q);
+    free(cu_k);
+}
+
 /* fp32 both sides, exp and sums in different orders: out 2e-5, lse 1e-6, gradients 1e-4 */
 Test(kernels_cuda, attention_fwd_bwd_training)
 {
@@ -469,8 +519,10 @@ Test(kernels_cuda, attention_fwd_prefill)
         {3, 4, 2, 64, {1, 20, 7}, {50, 20, 90}},
         {2, 16, 8, 128, {3, 64}, {600, 100}},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         att_run(&cases[i], 2e-5, 1e-6, 0);
+        att_rows_run(&cases[i], 2e-5);
+    }
 }
 
 /* bf16 GEMMs: attention runs on tensor cores for head_dim 32, 64, 128 (bf16 operands, fp32
@@ -495,8 +547,10 @@ Test(kernels_cuda, attention_fwd_tensor_cores)
         {2, 16, 8, 128, {3, 64}, {600, 100}},
         {4, 16, 8, 128, {1, 1, 1, 1}, {600, 1, 65, 300}},
     };
-    for (size_t i = 0; i < sizeof prefill / sizeof prefill[0]; i++)
+    for (size_t i = 0; i < sizeof prefill / sizeof prefill[0]; i++) {
         att_run(&prefill[i], 2e-2, 5e-3, 0);
+        att_rows_run(&prefill[i], 2e-2);
+    }
     /* head_dim 16 and 256 keep the fp32 kernel under bf16 GEMMs: its tolerance */
     att_case fp32_cases[] = {
         {2, 4, 2, 16, {5, 33}, {5, 33}},

@@ -242,6 +242,50 @@ Test(kernels_staged, attention_with_cu_seqlens)
     free(q); free(k); free(v); free(out); free(lse);
 }
 
+/* attention_fwd_rows: the arrays of cache pointers are backend memory holding backend
+ * pointers; a host pointer among them is refused like any other */
+Test(kernels_staged, attention_fwd_rows_pointer_arrays)
+{
+    int H = 4, KV = 2, D = 8, kvd = KV * D;
+    int32_t cu_q[3] = {0, 1, 9}, k_len[2] = {20, 40};
+    size_t nq = (size_t)9 * H * D;
+    float *q = rand_buf(nq, 1), *out = xcalloc(nq, 4);
+    float *k[2], *v[2], *sk[2], *sv[2];
+    for (int r = 0; r < 2; r++) {
+        k[r] = rand_buf((size_t)k_len[r] * kvd, 1);
+        v[r] = rand_buf((size_t)k_len[r] * kvd, 1);
+        sk[r] = up(k[r], (size_t)k_len[r] * kvd * 4);
+        sv[r] = up(v[r], (size_t)k_len[r] * kvd * 4);
+    }
+    const float *kr[2] = {k[0], k[1]}, *vr[2] = {v[0], v[1]};
+    K->attention_fwd_rows(out, q, kr, vr, cu_q, k_len, 2, 8, H, KV, D, 0.35f);
+    float *sq = up(q, nq * 4), *sout = S->alloc(nq * 4);
+    int32_t *scu = up(cu_q, sizeof cu_q), *slen = up(k_len, sizeof k_len);
+    const float *const *skr = up(sk, sizeof sk), *const *svr = up(sv, sizeof sv);
+    S->attention_fwd_rows(sout, sq, skr, svr, scu, slen, 2, 8, H, KV, D, 0.35f);
+    cr_assert(same(sout, out, nq * 4), "attention_fwd_rows through the staged backend");
+    S->free(sq); S->free(sout); S->free(scu); S->free(slen);
+    S->free((void *)skr); S->free((void *)svr);
+    for (int r = 0; r < 2; r++) {
+        S->free(sk[r]); S->free(sv[r]); free(k[r]); free(v[r]);
+    }
+    free(q); free(out);
+}
+
+Test(kernels_staged, attention_fwd_rows_host_pointer_in_array_dies, .exit_code = RB_EXIT_RUNTIME)
+{
+    int H = 2, KV = 1, D = 8;
+    int32_t cu_q[2] = {0, 1}, k_len[1] = {4};
+    float *k = rand_buf(4 * KV * D, 1), *q = rand_buf(H * D, 1);
+    float *sk = up(k, sizeof(float) * 4 * KV * D), *sq = up(q, sizeof(float) * H * D);
+    const float *host_rows[1] = {k}, *dev_rows[1] = {sk};
+    const float *const *bad = up(host_rows, sizeof host_rows);
+    const float *const *good = up(dev_rows, sizeof dev_rows);
+    float *sout = S->alloc(sizeof(float) * H * D);
+    int32_t *scu = up(cu_q, sizeof cu_q), *slen = up(k_len, sizeof k_len);
+    S->attention_fwd_rows(sout, sq, bad, good, scu, slen, 1, 1, H, KV, D, 0.35f);
+}
+
 Test(kernels_staged, lora_bwd_with_and_without_dx)
 {
     int T = 6, in = 10, out = 7, rk = 3;

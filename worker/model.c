@@ -175,13 +175,12 @@ static void qk_prepare(model *m, float *out, float *rstd, const float *lin, cons
 
 static void cache_append(model *m, int l, const layer_acts *a, const layer_io *io);
 
-/* Attention of the layer's tokens: one packed call, or one call per cached row. */
+/* Attention of the layer's tokens: one packed call, or one call over every row's cache. */
 static void attend(model *m, int l, layer_acts *a, const layer_io *io)
 {
     const model_config *c = &m->cfg;
     const kernel_ops *ops = m->ops;
     int H = c->num_attention_heads, KV = c->num_key_value_heads, D = c->head_dim;
-    int64_t qd = (int64_t)H * D;
     float scale = 1.0f / sqrtf((float)D);
 
     if (!io->caches) {
@@ -190,14 +189,9 @@ static void attend(model *m, int l, layer_acts *a, const layer_io *io)
         return;
     }
     cache_append(m, l, a, io);
-    int64_t off = 0;
-    for (int r = 0; r < io->n_rows; r++) {
-        model_kv_cache *kc = io->caches[r];
-        int cnt = io->row_counts[r];
-        ops->attention_fwd(a->attn + off * qd, NULL, a->q + off * qd, kc->k[l], kc->v[l],
-                           io->row_cu + 4 * r, io->row_cu + 4 * r + 2, 1, cnt, H, KV, D, scale);
-        off += cnt;
-    }
+    size_t at = (size_t)l * (size_t)io->n_rows;
+    ops->attention_fwd_rows(a->attn, a->q, io->rows_k + at, io->rows_v + at, io->rows_cu,
+                            io->rows_klen, io->n_rows, io->max_count, H, KV, D, scale);
 }
 
 /* The layer's new keys and values go to each row's cache, after its cached tokens. */

@@ -84,13 +84,15 @@ void model_infer_release(model *m)
         model_acts_free(m, &m->infer_acts);
     void *bufs[] = {m->infer_x[0], m->infer_x[1], m->infer_tokens, m->infer_pos, m->infer_cu,
                     m->infer_last, m->infer_h, m->infer_hn, m->infer_rstd, m->infer_logits,
-                    m->head_sel, m->infer_part, m->infer_part_hn, m->infer_part_logits};
+                    m->head_sel, m->infer_part, m->infer_part_hn, m->infer_part_logits,
+                    m->infer_kv_rows};
     for (size_t i = 0; i < RB_ARRAY_LEN(bufs); i++)
         ops->free(bufs[i]);
     free(m->sel_ids);
     m->infer_x[0] = m->infer_x[1] = NULL;
     m->infer_tokens = NULL;
     m->infer_pos = m->infer_cu = m->infer_last = m->infer_part = NULL;
+    m->infer_kv_rows = NULL;
     m->infer_h = m->infer_hn = m->infer_rstd = m->infer_logits = NULL;
     m->head_sel = m->infer_part_hn = m->infer_part_logits = NULL;
     m->sel_ids = NULL;
@@ -112,7 +114,9 @@ static void infer_reserve(model *m, int T, int n_rows)
         m->infer_x[i] = ops->alloc(sizeof(float) * (size_t)(T * C));
     m->infer_tokens = ops->alloc(sizeof(uint32_t) * (size_t)T);
     m->infer_pos = ops->alloc(sizeof(int32_t) * (size_t)T);
-    m->infer_cu = ops->alloc(sizeof(int32_t) * 4 * (size_t)n_rows);
+    m->infer_cu = ops->alloc(sizeof(int32_t) * (2 * (size_t)n_rows + 1));
+    m->infer_kv_rows =
+        ops->alloc(sizeof(float *) * 2 * (size_t)m->cfg.num_hidden_layers * (size_t)n_rows);
     m->infer_last = ops->alloc(sizeof(int32_t) * (size_t)n_rows);
     m->infer_h = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
     m->infer_hn = ops->alloc(sizeof(float) * (size_t)(n_rows * C));
@@ -229,18 +233,24 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
         if (tokens[t] >= (uint32_t)V)
             return err_set(RB_EXIT_INPUT, "token %u is outside the vocabulary (%d)", tokens[t],
                            V);
-    int n_out = all_logits ? T : n_rows; /* rows of logits */
+    int n_out = all_logits ? T : n_rows, max_count = 0; /* rows of logits */
+    int L = c->num_hidden_layers;
     int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
-    int32_t *cu = xmalloc(sizeof(int32_t) * 4 * (size_t)n_rows);
+    int32_t *cu = xmalloc(sizeof(int32_t) * (2 * (size_t)n_rows + 1)); /* cu, then k_len */
     int32_t *last = xmalloc(sizeof(int32_t) * (size_t)n_out);
+    const float **kv = xmalloc(sizeof(float *) * 2 * (size_t)L * (size_t)n_rows);
+    cu[0] = 0;
     for (int r = 0, t = 0; r < n_rows; r++) {
         int len = caches[r]->len, cnt = counts[r];
         for (int i = 0; i < cnt; i++)
             pos[t + i] = len + i;
-        cu[4 * r] = 0;
-        cu[4 * r + 1] = cnt;
-        cu[4 * r + 2] = 0;
-        cu[4 * r + 3] = len + cnt;
+        cu[r + 1] = cu[r] + cnt;
+        cu[n_rows + 1 + r] = len + cnt;
+        max_count = RB_MAX(max_count, cnt);
+        for (int l = 0; l < L; l++) {
+            kv[(size_t)l * n_rows + r] = caches[r]->k[l];
+            kv[(size_t)(L + l) * n_rows + r] = caches[r]->v[l];
+        }
         t += cnt;
         if (!all_logits)
             last[r] = t - 1;
@@ -250,20 +260,24 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
     infer_reserve(m, T, n_out);
     ops->upload(m->infer_tokens, tokens, sizeof(uint32_t) * (size_t)T);
     ops->upload(m->infer_pos, pos, sizeof(int32_t) * (size_t)T);
-    ops->upload(m->infer_cu, cu, sizeof(int32_t) * 4 * (size_t)n_rows);
+    ops->upload(m->infer_cu, cu, sizeof(int32_t) * (2 * (size_t)n_rows + 1));
     ops->upload(m->infer_last, last, sizeof(int32_t) * (size_t)n_out);
+    ops->upload(m->infer_kv_rows, kv, sizeof(float *) * 2 * (size_t)L * (size_t)n_rows);
     free(pos);
     free(cu);
     free(last);
+    free(kv);
 
     /* 2. the layers, appending keys and values to each row's cache. Without logits nothing
      * reads the last layer's output, only its keys and values: it stops once they are cached
      * (a prefill skips 1/L of its layers' work but the k/v projections). */
     layer_io io = {.T = T, .positions = m->infer_pos, .caches = caches, .row_counts = counts,
-                   .n_rows = n_rows, .row_cu = m->infer_cu};
+                   .n_rows = n_rows, .rows_cu = m->infer_cu,
+                   .rows_klen = m->infer_cu + n_rows + 1, .rows_k = m->infer_kv_rows,
+                   .rows_v = m->infer_kv_rows + (size_t)L * n_rows, .max_count = max_count};
     ops->embedding(m->infer_x[0], m->embed, m->infer_tokens, T, C);
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        io.kv_only = !logits && l == c->num_hidden_layers - 1;
+    for (int l = 0; l < L; l++) {
+        io.kv_only = !logits && l == L - 1;
         layer_forward(m, l, m->infer_x[l % 2], m->infer_x[(l + 1) % 2], &m->infer_acts, &io);
     }
     for (int r = 0; r < n_rows; r++)

@@ -236,9 +236,31 @@ static void fwd_item(float *out, float *lse, const float *q, const float *k, con
     fwd_block(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
 }
 
-void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
-                       const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
-                       int heads, int kv_heads, int d, float scale)
+/* Where the forward's keys are: packed (k, v, cu_k) or one cache per segment (k_rows, v_rows,
+ * k_len). */
+typedef struct {
+    const float *k, *v;
+    const int32_t *cu_k;
+    const float *const *k_rows, *const *v_rows;
+    const int32_t *k_len;
+} att_keys;
+
+/* Segment s's keys: its first key and value rows, and how many */
+static int keys_of(const att_keys *ak, int s, int64_t ldk, const float **k, const float **v)
+{
+    if (ak->k_rows) {
+        *k = ak->k_rows[s];
+        *v = ak->v_rows[s];
+        return ak->k_len[s];
+    }
+    *k = ak->k + (int64_t)ak->cu_k[s] * ldk;
+    *v = ak->v + (int64_t)ak->cu_k[s] * ldk;
+    return ak->cu_k[s + 1] - ak->cu_k[s];
+}
+
+static void fwd_common(float *out, float *lse, const float *q, const att_keys *ak,
+                       const int32_t *cu_q, int n_seg, int heads, int kv_heads, int d,
+                       float scale)
 {
     /* list the work items: (segment, head, query block) */
     int n_items = 0;
@@ -247,8 +269,10 @@ void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, c
     int *item_seg = xmalloc(sizeof(int) * (size_t)(n_items + 1));
     int *item_blk = xmalloc(sizeof(int) * (size_t)(n_items + 1));
     int it = 0, max_k = 1;
+    int64_t ldk = (int64_t)kv_heads * d;
     for (int s = 0; s < n_seg; s++) {
-        max_k = RB_MAX(max_k, cu_k[s + 1] - cu_k[s]);
+        const float *ks, *vs;
+        max_k = RB_MAX(max_k, keys_of(ak, s, ldk, &ks, &vs));
         for (int h = 0; h < heads; h++)
             for (int bl = 0; bl < blocks_of(cu_q[s + 1] - cu_q[s]); bl++) {
                 item_seg[it] = s;
@@ -266,13 +290,34 @@ void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, c
             int s = item_seg[i], h = item_blk[i] / 65536, bl = item_blk[i] % 65536;
             int nq = cu_q[s + 1] - cu_q[s];
             int i0 = bl * ATT_BQ, bq = RB_MIN(ATT_BQ, nq - i0);
-            att_block b = att_block_at(cu_q, cu_k, s, i0, bq);
-            fwd_item(out, lse, q, k, v, b, h, heads, kv_heads, d, scale, s_buf);
+            const float *ks, *vs;
+            int nk = keys_of(ak, s, ldk, &ks, &vs);
+            /* the segment's keys start at row 0 of ks / vs */
+            att_block b = {cu_q[s] + i0, bq, 0, 0, nk - nq + i0};
+            b.kend = b.diag + bq;
+            fwd_item(out, lse, q, ks, vs, b, h, heads, kv_heads, d, scale, s_buf);
         }
     }
     openblas_set_num_threads(saved);
     free(item_seg);
     free(item_blk);
+}
+
+void cpu_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
+                       int heads, int kv_heads, int d, float scale)
+{
+    att_keys ak = {.k = k, .v = v, .cu_k = cu_k};
+    fwd_common(out, lse, q, &ak, cu_q, n_seg, heads, kv_heads, d, scale);
+}
+
+void cpu_attention_fwd_rows(float *out, const float *q, const float *const *k_rows,
+                            const float *const *v_rows, const int32_t *cu_q,
+                            const int32_t *k_len, int n_seg, int max_q, int heads, int kv_heads,
+                            int d, float scale)
+{
+    att_keys ak = {.k_rows = k_rows, .v_rows = v_rows, .k_len = k_len};
+    fwd_common(out, NULL, q, &ak, cu_q, n_seg, heads, kv_heads, d, scale);
 }
 
 /* Backward of one query block of head h: accumulates dK, dV of its kv head, writes dQ. */

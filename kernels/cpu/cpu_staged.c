@@ -19,6 +19,7 @@
  * itself) are not translated; the nf4 descriptor's packed and absmax are, in a local copy.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "cpu_blas.h"
 #include "cpu_ops.h"
@@ -163,6 +164,26 @@ static void staged_attention_fwd(float *out, float *lse, const float *q, const f
                       kv_heads, d, scale);
 }
 
+/* The arrays of cache pointers are backend memory holding backend pointers: both levels are
+ * translated (a host pointer in them dies like any other). */
+static void staged_attention_fwd_rows(float *out, const float *q, const float *const *k_rows,
+                                      const float *const *v_rows, const int32_t *cu_q,
+                                      const int32_t *k_len, int n_seg, int max_q, int heads,
+                                      int kv_heads, int d, float scale)
+{
+    const float *const *kr = R(k_rows), *const *vr = R(v_rows);
+    const float **k = xmalloc(sizeof(float *) * (size_t)(n_seg + 1));
+    const float **v = xmalloc(sizeof(float *) * (size_t)(n_seg + 1));
+    for (int s = 0; s < n_seg; s++) {
+        k[s] = R(kr[s]);
+        v[s] = R(vr[s]);
+    }
+    cpu_attention_fwd_rows(R(out), R(q), k, v, R(cu_q), R(k_len), n_seg, max_q, heads,
+                           kv_heads, d, scale);
+    free(k);
+    free(v);
+}
+
 static void staged_attention_bwd(float *dq, float *dk, float *dv, const float *dout,
                                  const float *q, const float *k, const float *v,
                                  const float *out, const float *lse, const int32_t *cu_q,
@@ -264,6 +285,7 @@ static const kernel_ops cpu_staged_ops = {
     .rope_fwd = staged_rope_fwd,
     .rope_bwd = staged_rope_bwd,
     .attention_fwd = staged_attention_fwd,
+    .attention_fwd_rows = staged_attention_fwd_rows,
     .attention_bwd = staged_attention_bwd,
     .swiglu_fwd = staged_swiglu_fwd,
     .swiglu_bwd = staged_swiglu_bwd,

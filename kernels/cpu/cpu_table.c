@@ -24,6 +24,7 @@ static const kernel_ops cpu_ops = {
     .rope_fwd = cpu_rope_fwd,
     .rope_bwd = cpu_rope_bwd,
     .attention_fwd = cpu_attention_fwd,
+    .attention_fwd_rows = cpu_attention_fwd_rows,
     .attention_bwd = cpu_attention_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,
     .swiglu_bwd = cpu_swiglu_bwd,

@@ -56,9 +56,9 @@ static void att_check_shape(const char *what, int n_seg, int max_q, int heads, i
 
 /* the tensor-core forward for one head_dim */
 template <int D>
-static void att_fwd_tc_launch(float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int32_t *cu_q, const int32_t *cu_k,
-                              int n_seg, int max_q, int heads, int kv_heads, float scale)
+static void att_fwd_tc_launch(float *out, float *lse, const float *q, const att_keys &ak,
+                              const int32_t *cu_q, int n_seg, int max_q, int heads,
+                              int kv_heads, float scale)
 {
     int tiles = (max_q + ATT_TC_BQ - 1) / ATT_TC_BQ;
     if (n_seg == 0 || tiles == 0)
@@ -67,8 +67,8 @@ static void att_fwd_tc_launch(float *out, float *lse, const float *q, const floa
     size_t smem = att_tc_layout<D>::bytes;
     att_allow_smem((const void *)att_fwd_tc_kernel<D>, smem, &granted);
     dim3 grid((unsigned)(n_seg * tiles), (unsigned)heads);
-    att_fwd_tc_kernel<D><<<grid, ATT_TC_THREADS, smem>>>(out, lse, q, k, v, cu_q, cu_k, tiles,
-                                                         heads, kv_heads, scale);
+    att_fwd_tc_kernel<D><<<grid, ATT_TC_THREADS, smem>>>(out, lse, q, ak, cu_q, tiles, heads,
+                                                         kv_heads, scale);
     CUDA_CHECK_LAUNCH("att_fwd_tc_kernel");
 }
 
@@ -104,21 +104,19 @@ static void att_bwd_tc_launch(float *dq, float *dk, float *dv, const float *dout
     CUDA_CHECK_LAUNCH("att_bwd_dkv_tc_kernel");
 }
 
-void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
-                        const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
-                        int heads, int kv_heads, int d, float scale)
+/* both forwards: tensor cores or fp32, packed keys or one cache per segment */
+static void att_fwd_launch(float *out, float *lse, const float *q, const att_keys &ak,
+                           const int32_t *cu_q, int n_seg, int max_q, int heads, int kv_heads,
+                           int d, float scale)
 {
     att_check_shape("attention forward", n_seg, max_q, heads, kv_heads, d);
     if (att_tc_wanted(d)) {
         if (d == 32)
-            att_fwd_tc_launch<32>(out, lse, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads,
-                                  scale);
+            att_fwd_tc_launch<32>(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, scale);
         else if (d == 64)
-            att_fwd_tc_launch<64>(out, lse, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads,
-                                  scale);
+            att_fwd_tc_launch<64>(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, scale);
         else
-            att_fwd_tc_launch<128>(out, lse, q, k, v, cu_q, cu_k, n_seg, max_q, heads,
-                                   kv_heads, scale);
+            att_fwd_tc_launch<128>(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, scale);
         return;
     }
     int tiles = (max_q + ATT_BQ - 1) / ATT_BQ;
@@ -128,9 +126,26 @@ void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, 
     size_t smem = sizeof(float) * att_fwd_smem_floats(d);
     att_allow_smem((const void *)att_fwd_kernel, smem, &granted);
     dim3 grid((unsigned)(n_seg * tiles), (unsigned)heads);
-    att_fwd_kernel<<<grid, ATT_THREADS, smem>>>(out, lse, q, k, v, cu_q, cu_k, tiles, heads,
-                                                 kv_heads, d, scale);
+    att_fwd_kernel<<<grid, ATT_THREADS, smem>>>(out, lse, q, ak, cu_q, tiles, heads, kv_heads,
+                                                 d, scale);
     CUDA_CHECK_LAUNCH("att_fwd_kernel");
+}
+
+void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                        const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
+                        int heads, int kv_heads, int d, float scale)
+{
+    att_keys ak = {k, v, cu_k, NULL, NULL, NULL};
+    att_fwd_launch(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, d, scale);
+}
+
+void cuda_attention_fwd_rows(float *out, const float *q, const float *const *k_rows,
+                             const float *const *v_rows, const int32_t *cu_q,
+                             const int32_t *k_len, int n_seg, int max_q, int heads,
+                             int kv_heads, int d, float scale)
+{
+    att_keys ak = {NULL, NULL, NULL, k_rows, v_rows, k_len};
+    att_fwd_launch(out, NULL, q, ak, cu_q, n_seg, max_q, heads, kv_heads, d, scale);
 }
 
 void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,

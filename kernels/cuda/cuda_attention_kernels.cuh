@@ -56,6 +56,38 @@ __device__ __forceinline__ att_seg att_seg_at(const int32_t *cu_q, const int32_t
     return g;
 }
 
+/* Where a forward's keys are: packed (k, v, cu_k) or one cache per segment (k_rows, v_rows,
+ * k_len: the table's attention_fwd_rows); passed to the kernels by value. */
+struct att_keys {
+    const float *k, *v;
+    const int32_t *cu_k;
+    const float *const *k_rows, *const *v_rows;
+    const int32_t *k_len;
+};
+
+/* att_seg_at for a forward: also the key and value matrices whose rows k_start.. are the
+ * segment's keys (the packed ones, or the segment's own cache with k_start 0) */
+__device__ __forceinline__ att_seg att_seg_keys(const int32_t *cu_q, const att_keys &ak, int s,
+                                                const float **k, const float **v)
+{
+    att_seg g;
+    g.q_start = cu_q[s];
+    g.nq = cu_q[s + 1] - g.q_start;
+    if (ak.k_rows) {
+        *k = ak.k_rows[s];
+        *v = ak.v_rows[s];
+        g.k_start = 0;
+        g.nk = ak.k_len[s];
+    } else {
+        *k = ak.k;
+        *v = ak.v;
+        g.k_start = ak.cu_k[s];
+        g.nk = ak.cu_k[s + 1] - g.k_start;
+    }
+    g.offset = g.nk - g.nq;
+    return g;
+}
+
 /* rows [row0, row0 + n) of a [T, ld] matrix, columns col0 .. col0 + d, into a shared [rows][ls]
  * tile (rows past n filled with zeros) */
 __device__ __forceinline__ void att_load_tile(float *dst, int ls, int rows, const float *src,
@@ -79,16 +111,16 @@ __device__ __forceinline__ float att_dot(const float *a, const float *b, int d)
 /* ---- forward ---- */
 
 __global__ void __launch_bounds__(ATT_THREADS)
-att_fwd_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
-               const int32_t *cu_q, const int32_t *cu_k, int tiles_per_seg, int heads,
-               int kv_heads, int d, float scale)
+att_fwd_kernel(float *out, float *lse, const float *q, att_keys ak, const int32_t *cu_q,
+               int tiles_per_seg, int heads, int kv_heads, int d, float scale)
 {
     ATT_SMEM_DECL;
     float *q_s = smem;                         /* [ATT_BQ][d] */
     float *k_s = q_s + ATT_BQ * d;             /* [ATT_BK][d + 1] (padded: lane j reads row j) */
     float *v_s = k_s + ATT_BK * (d + 1);       /* [ATT_BK][d] */
     int s = blockIdx.x / tiles_per_seg, tile = blockIdx.x % tiles_per_seg, h = blockIdx.y;
-    att_seg sg = att_seg_at(cu_q, cu_k, s);
+    const float *k, *v;
+    att_seg sg = att_seg_keys(cu_q, ak, s, &k, &v);
     int i0 = tile * ATT_BQ;
     if (i0 >= sg.nq)
         return; /* the whole block leaves: no barrier is skipped */

@@ -85,15 +85,15 @@ __device__ __forceinline__ void att_tc_load_tile(att_bf16 *dst, const float *src
 
 template <int D>
 __global__ void __launch_bounds__(ATT_TC_THREADS)
-att_fwd_tc_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
-                  const int32_t *cu_q, const int32_t *cu_k, int tiles_per_seg, int heads,
-                  int kv_heads, float scale)
+att_fwd_tc_kernel(float *out, float *lse, const float *q, att_keys ak, const int32_t *cu_q,
+                  int tiles_per_seg, int heads, int kv_heads, float scale)
 {
     namespace wm = nvcuda::wmma;
     typedef att_tc_layout<D> L;
     ATT_TC_SMEM_DECL;
     int s = blockIdx.x / tiles_per_seg, tile = blockIdx.x % tiles_per_seg, h = blockIdx.y;
-    att_seg sg = att_seg_at(cu_q, cu_k, s);
+    const float *k, *v;
+    att_seg sg = att_seg_keys(cu_q, ak, s, &k, &v);
     int i0 = tile * ATT_TC_BQ;
     if (i0 >= sg.nq)
         return; /* the whole block leaves: no barrier is skipped */

@@ -134,6 +134,10 @@ void cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, const a
 void cuda_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
                         const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,
                         int heads, int kv_heads, int d, float scale);
+void cuda_attention_fwd_rows(float *out, const float *q, const float *const *k_rows,
+                             const float *const *v_rows, const int32_t *cu_q,
+                             const int32_t *k_len, int n_seg, int max_q, int heads,
+                             int kv_heads, int d, float scale);
 void cuda_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int32_t *cu_q, const int32_t *cu_k, int n_seg, int max_q,

@@ -317,6 +317,7 @@ static void cuda_table_fill(kernel_ops *t)
     t->rope_fwd = cuda_rope_fwd;
     t->rope_bwd = cuda_rope_bwd;
     t->attention_fwd = cuda_attention_fwd;
+    t->attention_fwd_rows = cuda_attention_fwd_rows;
     t->attention_bwd = cuda_attention_bwd;
     t->swiglu_fwd = cuda_swiglu_fwd;
     t->swiglu_bwd = cuda_swiglu_bwd;

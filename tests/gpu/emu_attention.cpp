@@ -62,6 +62,48 @@ static int cu_of(std::vector<int32_t> &cu, int n_seg, const int *len)
     return longest;
 }
 
+/* The keys of a packed forward as attention_fwd_rows takes them: each segment's keys and
+ * values copied into a cache of its own, with 7 rows of NaN past its k_len (a read beyond the
+ * keys poisons the output). */
+struct kv_rows {
+    std::vector<std::vector<float>> kc, vc;
+    std::vector<const float *> kp, vp;
+    std::vector<int32_t> len;
+    kv_rows(const std::vector<float> &k, const std::vector<float> &v,
+            const std::vector<int32_t> &cu_k, int n_seg, int kvd)
+        : kc(n_seg), vc(n_seg), kp(n_seg), vp(n_seg), len(n_seg)
+    {
+        for (int s = 0; s < n_seg; s++) {
+            len[s] = cu_k[s + 1] - cu_k[s];
+            size_t from = (size_t)cu_k[s] * kvd, n = (size_t)len[s] * kvd;
+            kc[s].assign((size_t)(len[s] + 7) * kvd, NAN);
+            vc[s].assign((size_t)(len[s] + 7) * kvd, NAN);
+            std::copy(k.begin() + from, k.begin() + from + n, kc[s].begin());
+            std::copy(v.begin() + from, v.begin() + from + n, vc[s].begin());
+            kp[s] = kc[s].data();
+            vp[s] = vc[s].data();
+        }
+    }
+    att_keys keys() const { return {NULL, NULL, NULL, kp.data(), vp.data(), len.data()}; }
+};
+
+static att_keys packed_keys(const std::vector<float> &k, const std::vector<float> &v,
+                            const std::vector<int32_t> &cu_k)
+{
+    return {k.data(), v.data(), cu_k.data(), NULL, NULL, NULL};
+}
+
+/* 0 when the rows forward wrote bitwise what the packed one did */
+static int rows_differ(const char *what, const std::vector<float> &rows,
+                       const std::vector<float> &packed)
+{
+    int bad = rows.size() != packed.size() ||
+              std::memcmp(rows.data(), packed.data(), sizeof(float) * rows.size()) != 0;
+    printf("%s: attention_fwd_rows (one cache per segment) %s the packed forward%s\n", what,
+           bad ? "differs from" : "bitwise equal to", bad ? "  FAIL" : "");
+    return bad;
+}
+
 static int run_case(int n_seg, int heads, int kv_heads, int d, const int *nq, const int *nk,
                     bool backward)
 {
@@ -83,11 +125,18 @@ static int run_case(int n_seg, int heads, int kv_heads, int d, const int *nq, co
     size_t fwd_smem = att_fwd_smem_floats(d);
     smem_poison();
     emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_THREADS), [&] {
-        att_fwd_kernel(eout.data(), else_.data(), q.data(), k.data(), v.data(), cu_q.data(),
-                       cu_k.data(), tiles, heads, kv_heads, d, scale);
+        att_fwd_kernel(eout.data(), else_.data(), q.data(), packed_keys(k, v, cu_k),
+                       cu_q.data(), tiles, heads, kv_heads, d, scale);
     });
     double e_out = max_rel(eout, out), e_lse = max_rel(else_, lse);
     int bad = !(e_out <= 2e-5) || !(e_lse <= 1e-6) || smem_overrun(fwd_smem);
+    kv_rows kr(k, v, cu_k, n_seg, kv_heads * d);
+    std::vector<float> rout(sq, NAN);
+    emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_THREADS), [&] {
+        att_fwd_kernel(rout.data(), NULL, q.data(), kr.keys(), cu_q.data(), tiles, heads,
+                       kv_heads, d, scale);
+    });
+    bad |= rows_differ("fwd", rout, eout);
     printf("fwd  seg %d heads %d/%d d %d: out %.2e lse %.2e%s\n", n_seg, heads, kv_heads, d,
            e_out, e_lse, bad ? "  FAIL" : "");
     if (!backward)
@@ -156,17 +205,27 @@ static void tc_bwd_launch(std::vector<float> &dq, std::vector<float> &dk, std::v
 }
 
 template <int D>
-static void tc_launch(std::vector<float> &out, std::vector<float> &lse,
-                      const std::vector<float> &q, const std::vector<float> &k,
-                      const std::vector<float> &v, const std::vector<int32_t> &cu_q,
-                      const std::vector<int32_t> &cu_k, int n_seg, int max_q, int heads,
-                      int kv_heads, float scale)
+static void tc_launch(std::vector<float> &out, float *lse, const std::vector<float> &q,
+                      const att_keys &ak, const std::vector<int32_t> &cu_q, int n_seg,
+                      int max_q, int heads, int kv_heads, float scale)
 {
     int tiles = (max_q + ATT_TC_BQ - 1) / ATT_TC_BQ;
     emu_launch(dim3(n_seg * tiles, heads), dim3(ATT_TC_THREADS), [&] {
-        att_fwd_tc_kernel<D>(out.data(), lse.data(), q.data(), k.data(), v.data(), cu_q.data(),
-                             cu_k.data(), tiles, heads, kv_heads, scale);
+        att_fwd_tc_kernel<D>(out.data(), lse, q.data(), ak, cu_q.data(), tiles, heads, kv_heads,
+                             scale);
     });
+}
+
+static void tc_launch_d(int d, std::vector<float> &out, float *lse, const std::vector<float> &q,
+                        const att_keys &ak, const std::vector<int32_t> &cu_q, int n_seg,
+                        int max_q, int heads, int kv_heads, float scale)
+{
+    if (d == 32)
+        tc_launch<32>(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, scale);
+    else if (d == 64)
+        tc_launch<64>(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, scale);
+    else
+        tc_launch<128>(out, lse, q, ak, cu_q, n_seg, max_q, heads, kv_heads, scale);
 }
 
 /* The tensor-core backward (cu_q == cu_k) from the CPU's forward results against the CPU
@@ -242,12 +301,8 @@ static int run_tc_case(int n_seg, int heads, int kv_heads, int d, const int *nq,
                       cu_k.data(), n_seg, max_q, heads, kv_heads, d, scale);
     std::vector<float> eout(sq, NAN), else_(sl, NAN);
     smem_poison();
-    if (d == 32)
-        tc_launch<32>(eout, else_, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads, scale);
-    else if (d == 64)
-        tc_launch<64>(eout, else_, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads, scale);
-    else
-        tc_launch<128>(eout, else_, q, k, v, cu_q, cu_k, n_seg, max_q, heads, kv_heads, scale);
+    tc_launch_d(d, eout, else_.data(), q, packed_keys(k, v, cu_k), cu_q, n_seg, max_q, heads,
+                kv_heads, scale);
     size_t bytes = d == 32   ? att_tc_layout<32>::bytes
                    : d == 64 ? att_tc_layout<64>::bytes
                              : att_tc_layout<128>::bytes;
@@ -255,6 +310,10 @@ static int run_tc_case(int n_seg, int heads, int kv_heads, int d, const int *nq,
     double r_out = max_rel(eout, outr), r_lse = max_rel(else_, lser);
     int bad = !(e_out <= 2e-2) || !(e_lse <= 5e-3) || !(r_out <= 5e-3) || !(r_lse <= 1e-5) ||
               smem_overrun((bytes + 3) / 4);
+    kv_rows rows(k, v, cu_k, n_seg, kv_heads * d);
+    std::vector<float> rout(sq, NAN);
+    tc_launch_d(d, rout, NULL, q, rows.keys(), cu_q, n_seg, max_q, heads, kv_heads, scale);
+    bad |= rows_differ("fwd tensor cores", rout, eout);
     printf("fwd tensor cores seg %d heads %d/%d d %d: out %.2e lse %.2e (bf16-rounded inputs: "
            "out %.2e lse %.2e)%s\n", n_seg, heads, kv_heads, d, e_out, e_lse, r_out, r_lse,
            bad ? "  FAIL" : "");
