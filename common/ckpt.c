@@ -645,6 +645,8 @@ int ckpt_check_h5_file(const char *path, const char *what)
                                : err_set(RB_EXIT_INPUT, "%s: %s", path, strerror(errno));
     if (S_ISDIR(sb.st_mode))
         return err_set(RB_EXIT_INPUT, "%s is a directory, not %s", path, what);
+    if (!S_ISREG(sb.st_mode)) /* a FIFO or a device: opening it could wait forever */
+        return err_set(RB_EXIT_INPUT, "%s is not a regular file, not %s", path, what);
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return err_set(RB_EXIT_INPUT, "%s: cannot open: %s", path, strerror(errno));

@@ -105,8 +105,9 @@ int ckpt_save(MPI_Comm comm, const char *output_dir, const ckpt_meta *meta,
 int ckpt_file_is_hdf5(const char *path);
 
 /* Before opening an HDF5 file: 0 for a readable one, else RB_EXIT_INPUT with "PATH: no such
- * file", "PATH is a directory, not WHAT", "PATH: cannot open: ..." or "PATH is not WHAT (not
- * an HDF5 file)", WHAT the caller's words for what it reads. */
+ * file", "PATH is a directory, not WHAT", "PATH is not a regular file, not WHAT" (a FIFO is
+ * never opened), "PATH: cannot open: ..." or "PATH is not WHAT (not an HDF5 file)", WHAT the
+ * caller's words for what it reads. */
 int ckpt_check_h5_file(const char *path, const char *what);
 /* ckpt_check_h5_file for a checkpoint (WHAT "a checkpoint"); ckpt_verify and ckpt_read_meta
  * start with it. */

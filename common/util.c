@@ -46,8 +46,26 @@ const char *err_msg(void) { return err_buf[0] ? err_buf : "unknown error"; }
 
 void err_clear(void) { err_buf[0] = '\0'; }
 
+/* what runs before a fatal error ends the process (rb_at_die), newest first */
+static void (*die_hooks[4])(void);
+static int n_die_hooks;
+static const char *oom_hint;
+
+void rb_at_die(void (*fn)(void))
+{
+    for (int i = 0; i < n_die_hooks; i++)
+        if (die_hooks[i] == fn)
+            return;
+    if (n_die_hooks < (int)RB_ARRAY_LEN(die_hooks))
+        die_hooks[n_die_hooks++] = fn;
+}
+
+void rb_set_oom_hint(const char *hint) { oom_hint = hint; }
+
 static noreturn void die_now(int code)
 {
+    while (n_die_hooks > 0)
+        die_hooks[--n_die_hooks]();
     int initialized = 0, finalized = 0, world = 1;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
@@ -81,9 +99,9 @@ noreturn void rb_die_err(int code)
 
 static noreturn void die_oom(size_t n)
 {
-    rb_die(RB_EXIT_RUNTIME, "out of memory allocating %zu bytes; lower the batch size "
-           "(training: micro_batch_size or sequence_len; scoring: --batch-rows or "
-           "score_batch_size), or use a machine with more memory", n);
+    rb_die(RB_EXIT_RUNTIME, "out of memory allocating %zu bytes; %s, or use a machine with "
+           "more memory", n, oom_hint ? oom_hint : "lower the batch size (training: "
+           "micro_batch_size or sequence_len; scoring: --batch-rows or score_batch_size)");
 }
 
 void *xmalloc(size_t n)
@@ -276,6 +294,35 @@ int same_path(const char *a, const char *b)
     struct stat sa, sb;
     return strcmp(a, b) == 0 || (stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
                                  sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino);
+}
+
+char *path_first_missing(const char *dir)
+{
+    if (!dir || !dir[0] || path_exists(dir))
+        return NULL;
+    char *top = xstrdup(dir);
+    for (;;) {
+        char *copy = xstrdup(top), *up = xstrdup(dirname(copy));
+        free(copy);
+        if (strcmp(up, top) == 0 || path_exists(up)) {
+            free(up);
+            return top;
+        }
+        free(top);
+        top = up;
+    }
+}
+
+void rmdir_empty_upto(const char *deep, const char *top)
+{
+    char *d = xstrdup(deep);
+    while (rmdir(d) == 0 && strcmp(d, top) != 0) {
+        char *copy = xstrdup(d);
+        free(d);
+        d = xstrdup(dirname(copy));
+        free(copy);
+    }
+    free(d);
 }
 
 char *dir_output_problem(const char *dir)

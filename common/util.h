@@ -39,6 +39,11 @@ void err_clear(void);
 noreturn void rb_die(int code, const char *fmt, ...) RB_PRINTF(2, 3);
 /* Print err_msg() and end with `code`. */
 noreturn void rb_die_err(int code);
+/* fn runs before rb_die / rb_die_err (an out-of-memory too) ends the process, newest first,
+ * once: for removing what a failed command made. At most 4; the same fn once. */
+void rb_at_die(void (*fn)(void));
+/* What an out-of-memory error advises (default: lower the batch size); a static string. */
+void rb_set_oom_hint(const char *hint);
 
 /* Allocation that ends the process with a clear message when memory runs out. */
 void *xmalloc(size_t n);
@@ -80,6 +85,11 @@ int same_path(const char *a, const char *b);
  * removed, so a read-only mount or `chattr +i` counts, even for root). A missing folder is
  * made. The returned text (free it) starts with dir, e.g. "out/m is not writable (...)". */
 char *dir_output_problem(const char *dir);
+/* The highest folder of dir (dir itself or one above it) that does not exist, which making dir
+ * would create (malloc'd); NULL when dir exists. */
+char *path_first_missing(const char *dir);
+/* rmdir deep, then each folder above it up to top, while they are empty */
+void rmdir_empty_upto(const char *deep, const char *top);
 
 /* A file this run will write at `path`: not a folder, its folder made and writable. Returns
  * 0, or RB_EXIT_INPUT with "WHAT PATH ...: give ..." (what: the option, e.g. "--output"). */

@@ -1,6 +1,7 @@
 /* cmd_train.c: `rubric train CONFIG`: LoRA / QLoRA fine-tuning, coordinator + ZeRO workers. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -135,8 +136,11 @@ int cmd_train(int argc, char **argv)
             else if (!rc && (rc = config_resolve_model(&cfg)))
                 log_error("%s", err_msg());
 
-            /* output_dir must take files now, not at the first checkpoint hours later */
+            /* output_dir must take files now, not at the first checkpoint hours later; a run
+             * that fails leaves no folder it made that holds nothing but its lock file */
+            char *made_top = NULL;
             if (!rc) {
+                made_top = w.rank == 0 ? path_first_missing(cfg.output_dir) : NULL;
                 mine = w.rank == 0 ? config_check_output_dir(&cfg) : 0;
                 MPI_Allreduce(&mine, &rc, 1, MPI_INT, MPI_MAX, w.world);
                 if (mine)
@@ -147,6 +151,13 @@ int cmd_train(int argc, char **argv)
                 if (rc)
                     log_error("%s", err_msg());
             }
+            if (rc && made_top) {
+                char *lock = xasprintf("%s/.rubric-train.lock", cfg.output_dir);
+                unlink(lock);
+                free(lock);
+                rmdir_empty_upto(cfg.output_dir, made_top);
+            }
+            free(made_top);
         }
     }
     config_free(&cfg);

@@ -1230,27 +1230,19 @@ static int check_journal(const score_options *o, int k)
  * again, deepest first, each only while empty (rmdir), so nothing of it is left. */
 static char *made_dir_deep[2], *made_dir_top[2];
 
+static void made_folders_remove(void);
+
 /* Make path's folder (check_output_file), remembering which of its folders did not exist. */
 static int make_output_folder(const char *path, const char *what, int slot)
 {
     char *copy = xstrdup(path);
-    char *deep = xstrdup(dirname(copy)), *top = NULL;
+    char *deep = xstrdup(dirname(copy)), *top = path_first_missing(deep);
     free(copy);
-    char *d = xstrdup(deep);
-    while (!path_exists(d)) {
-        free(top);
-        top = d;
-        copy = xstrdup(top);
-        d = xstrdup(dirname(copy));
-        free(copy);
-        if (strcmp(d, top) == 0)
-            break; /* "." or "/": nothing above */
-    }
-    free(d);
     int rc = check_output_file(path, what);
     if (top && !rc) {
         made_dir_deep[slot] = deep;
         made_dir_top[slot] = top;
+        rb_at_die(made_folders_remove); /* out of memory loading the model, say */
     } else {
         free(deep);
         free(top);
@@ -1263,18 +1255,15 @@ static int make_output_folder(const char *path, const char *what, int slot)
 static void made_folders_done(int remove)
 {
     for (int i = 0; i < 2; i++) {
-        char *d = made_dir_deep[i];
-        while (remove && d && rmdir(d) == 0 && strcmp(d, made_dir_top[i]) != 0) {
-            char *copy = xstrdup(d);
-            free(d);
-            d = xstrdup(dirname(copy));
-            free(copy);
-        }
-        free(d);
+        if (remove && made_dir_deep[i])
+            rmdir_empty_upto(made_dir_deep[i], made_dir_top[i]);
+        free(made_dir_deep[i]);
         free(made_dir_top[i]);
         made_dir_deep[i] = made_dir_top[i] = NULL;
     }
 }
+
+static void made_folders_remove(void) { made_folders_done(1); }
 
 /* Checks of rank 0 before anything is written. */
 static int score_prepare(const score_options *o, int *k)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ckpt.h"
@@ -433,10 +434,22 @@ static int check_fresh_output_dir(const trainer *t)
 static int lock_output_dir(trainer *t)
 {
     char *path = xasprintf("%s/.rubric-train.lock", t->cfg->output_dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    /* never through a symbolic link (it would overwrite what it points to), never a FIFO */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+    struct stat sb;
+    if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+        close(fd);
+        fd = -1;
+        errno = EINVAL;
+    }
     if (fd < 0) {
-        int rc = err_set(RB_EXIT_RUNTIME, "output_dir %s: cannot open the lock file %s: %s",
-                         t->cfg->output_dir, path, strerror(errno));
+        int e = errno;
+        int rc = e == ELOOP || e == EISDIR || e == EINVAL || e == ENXIO
+            ? err_set(RB_EXIT_INPUT, "output_dir %s: the lock file %s is %s, not a regular "
+                      "file: remove it", t->cfg->output_dir, path,
+                      e == ELOOP ? "a symbolic link" : e == EISDIR ? "a folder" : "something else")
+            : err_set(RB_EXIT_RUNTIME, "output_dir %s: cannot open the lock file %s: %s",
+                      t->cfg->output_dir, path, strerror(e));
         free(path);
         return rc;
     }

@@ -294,6 +294,30 @@ static int run_rubric_output(const char *args, char **out)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* A write that fails half way (here a file-size limit) and an out-of-memory end (an address
+ * space limit) remove the --out folder and every folder above it that the run made. */
+Test(init_model, failed_run_removes_every_folder_it_made)
+{
+    char *d = tmp_dir();
+    const char *limits[] = {"trap '' XFSZ; ulimit -f 200", "ulimit -v 1500000"};
+    const char *shape[] = {"--hidden 256", "--hidden 1024 --layers 40 --heads 8 --kv-heads 4 "
+                           "--head-dim 128 --intermediate 4096 --vocab 1000"};
+    /* under ASan an address space limit stops the binary before main (its shadow memory) */
+    int cases = getenv("RUBRIC_SANITIZER") ? 1 : 2;
+    for (int i = 0; i < cases; i++) {
+        char *cmd = xasprintf("(%s; '%s' init-model --out %s/n1/n2/m %s) >/dev/null 2>&1",
+                              limits[i], getenv("RUBRIC_BIN"), d, shape[i]);
+        int st = system(cmd);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: status %d", cmd, st);
+        char *n1 = xasprintf("%s/n1", d);
+        cr_assert_not(path_exists(n1), "%s left %s", cmd, n1);
+        free(n1);
+        free(cmd);
+    }
+    rm_rf(d);
+    free(d);
+}
+
 /* --force over a sharded model: the shards, the index and any other *.safetensors are gone,
  * so the folder holds one consistent model (and the other way round). */
 Test(init_model, force_replaces_a_sharded_model_whole)

@@ -456,6 +456,34 @@ def case_bad_output_dir(r):
         assert f"--set: output_dir: {out}" in p.stdout and why in p.stdout, p.stdout[-2000:]
         assert "prep:" not in p.stdout and "dataset:" not in p.stdout, p.stdout[-2000:]
         said.append(why)
+    # a lock file that is a symbolic link (it would overwrite its target) or a folder
+    victim = f"{r.root}/victim.txt"
+    with open(victim, "w") as f:
+        f.write("precious\n")
+    for kind in ("a symbolic link", "a folder"):
+        out = f"{r.root}/badlock_{kind.split()[-1]}"
+        os.makedirs(out, exist_ok=True)
+        lock = f"{out}/.rubric-train.lock"
+        if kind == "a folder":
+            os.mkdir(lock)
+        else:
+            os.symlink(victim, lock)
+        p = train(r.root, out, 0, check=False)
+        assert p.returncode == 2 and f"is {kind}, not a regular file" in p.stdout, \
+            p.stdout[-2000:]
+        said.append(f"lock file {kind}")
+    assert open(victim).read() == "precious\n", "the lock's symlink target was written"
+    # a run that fails before training (no GPU for --backend cuda, a FIFO to resume from)
+    # leaves no folder it made
+    fifo = f"{r.root}/fifo.h5"
+    os.mkfifo(fifo)
+    for extra, why in ((["--backend", "cuda"], "backend 'cuda'"),
+                       (["--resume", fifo], "is not a regular file")):
+        out = f"{r.root}/new/deeper/run"
+        p = train(r.root, out, 0, extra, check=False)
+        assert p.returncode == 2 and why in p.stdout, p.stdout[-2000:]
+        assert not os.path.exists(f"{r.root}/new"), f"{extra}: left {r.root}/new"
+    said.append("no folder left by a run that failed before training")
     return "exit 2 before any work: " + "; ".join(said)
 
 
