@@ -79,8 +79,8 @@ static const char score_options_help[] =
     "      --output FILE        predictions (JSONL)\n"
     "      --metrics FILE       metrics JSON (default: OUTPUT's name with .metrics.json)\n"
     "      --resume             continue an interrupted run of the same command\n"
-    "      --num-scores K       scores per row (default: the --adapter checkpoint's, from\n"
-    "                           its training data; else as rubric prep decides it, the\n"
+    "      --num-scores K       scores per row, 1..64 (default: the --adapter checkpoint's,\n"
+    "                           from its training data; else as rubric prep decides it, the\n"
     "                           most common count among the rows' in-range score outputs;\n"
     "                           of a tie, the smaller)\n"
     "      --baseline-from FILE reference rows for the majority baseline (default: the input)\n"
@@ -100,7 +100,8 @@ static const char score_options_help[] =
     "                           off the grammar (for comparisons: a model that stays in it)\n"
     "      --max-prompt-tokens N  longer prompts are bad rows (default: the model's maximum)\n"
     "      --backend NAME       cpu, cuda or auto: cuda when a GPU answers, each worker the\n"
-    "                           next GPU of its node (default: $RUBRIC_BACKEND, else auto)\n"
+    "                           next GPU of its node (default: $RUBRIC_BACKEND, else auto);\n"
+    "                           testing only: cpu-staged (the CPU behind device-style memory)\n"
     "      --fake-model         testing only: scores are a hash of the row, no model is loaded\n"
     "      --fake-delay-us N    testing only: the fake model sleeps N microseconds per row\n";
 
@@ -131,7 +132,13 @@ static int score_on_option(int opt, const char *arg, void *ctx)
     case OPT_OUTPUT: o->output = arg; return 0;
     case OPT_METRICS: o->metrics_path = arg; return 0;
     case OPT_RESUME: o->resume = 1; return 0;
-    case OPT_NUM_SCORES: return parse_int(arg, "num-scores", 1, &o->k);
+    case OPT_NUM_SCORES: {
+        int rc = parse_int(arg, "num-scores", 1, &o->k);
+        if (!rc && o->k > GRAMMAR_MAX_K)
+            rc = err_set(RB_EXIT_INPUT, "--num-scores: %d is more than the %d scores per row "
+                         "rubric decodes", o->k, GRAMMAR_MAX_K);
+        return rc;
+    }
     case OPT_CHUNK_ROWS: return parse_int(arg, "chunk-rows", 1, &o->chunk_rows);
     case OPT_BATCH_ROWS:
         sc->batch_set = 1;

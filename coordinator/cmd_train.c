@@ -86,7 +86,8 @@ static const char train_options_help[] =
     "      --backend NAME       the workers' kernels: cuda (one GPU per worker, NCCL), cpu\n"
     "                           (MPI), or auto: cuda when the workers find GPUs, cpu when\n"
     "                           none does, a mix is an error (default: $RUBRIC_BACKEND,\n"
-    "                           else auto)\n";
+    "                           else auto); testing only: cpu-staged (the CPU behind\n"
+    "                           device-style memory, docs/cuda.md)\n";
 
 int cmd_train(int argc, char **argv)
 {

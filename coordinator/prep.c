@@ -1917,10 +1917,10 @@ static int build_dataset(prep_ctx *c, const rubric_config *cfg, prep_dataset **o
     if (ds->n_samples == 0)
         rc = err_set(RB_EXIT_INPUT, "no usable rows in the dataset(s): %lld read, %lld rejected, "
                      "%lld duplicates, %lld longer than sequence_len %d, %lld without supervised "
-                     "tokens (see rejects.jsonl)", (long long)c->st->rows_read,
+                     "tokens (see %s/rejects.jsonl)", (long long)c->st->rows_read,
                      (long long)c->st->rejected_total, (long long)c->st->duplicates,
                      (long long)c->st->too_long, cfg->sequence_len,
-                     (long long)c->st->no_supervised);
+                     (long long)c->st->no_supervised, cfg->dataset_prepared_path);
     if (!rc)
         rc = split_rows(ds, hashes, cfg);
     free(hashes);

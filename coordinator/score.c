@@ -1092,22 +1092,25 @@ int score_check_metrics_path(const score_options *o)
 {
     char *mpath = o->metrics_path ? xstrdup(o->metrics_path)
                                   : score_default_metrics_path(o->output);
+    /* a refused default says where it came from */
+    const char *what = o->metrics_path ? "--metrics" : "the metrics file (by default OUTPUT's "
+                                                       "name with .metrics.json)";
     char *partial = xasprintf("%s.partial", o->output);
     char *journal = xasprintf("%s.journal", o->output);
     int rc = 0;
     if (same_path(mpath, o->input))
-        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the input file: the metrics would replace "
-                     "the rows; give another --metrics", mpath);
+        rc = err_set(RB_EXIT_INPUT, "%s %s is the input file: the metrics would replace "
+                     "the rows; give another --metrics", what, mpath);
     else if (same_path(mpath, o->output) || strcmp(mpath, partial) == 0 ||
              strcmp(mpath, journal) == 0)
-        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the output (or one of its side files): "
-                     "the metrics would replace the predictions; give another --metrics",
+        rc = err_set(RB_EXIT_INPUT, "%s %s is the output (or one of its side files): "
+                     "the metrics would replace the predictions; give another --metrics", what,
                      mpath);
     else if (o->baseline_from && same_path(mpath, o->baseline_from))
-        rc = err_set(RB_EXIT_INPUT, "--metrics %s is the --baseline-from file: the metrics "
-                     "would replace the reference rows; give another --metrics", mpath);
+        rc = err_set(RB_EXIT_INPUT, "%s %s is the --baseline-from file: the metrics "
+                     "would replace the reference rows; give another --metrics", what, mpath);
     else if (path_is_dir(mpath))
-        rc = err_set(RB_EXIT_INPUT, "--metrics %s is a directory: give a file name", mpath);
+        rc = err_set(RB_EXIT_INPUT, "%s %s is a directory: give a file name", what, mpath);
     else
         rc = check_folders_are_folders(mpath, "--metrics");
     free(mpath);

@@ -30,7 +30,8 @@ const kernel_ops *kernel_ops_select(const char *name)
         return NULL;
     }
 #endif
-    err_set(RB_EXIT_INPUT, "unknown backend '%s': expected cpu, cuda or auto", name);
+    err_set(RB_EXIT_INPUT, "unknown backend '%s': expected cpu, cuda or auto (or, for tests, "
+            "cpu-staged)", name);
     return NULL;
 }
 
@@ -52,7 +53,8 @@ int kernel_backend_name_check(const char *name, const char *what)
     for (size_t i = 0; name && i < sizeof known / sizeof known[0]; i++)
         if (strcmp(name, known[i]) == 0)
             return 0;
-    return err_set(RB_EXIT_INPUT, "%s: unknown backend '%s': expected cpu, cuda or auto", what,
+    return err_set(RB_EXIT_INPUT, "%s: unknown backend '%s': expected cpu, cuda or auto (or, for "
+                   "tests, cpu-staged)", what,
                    name ? name : "");
 }
 

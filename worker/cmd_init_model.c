@@ -186,11 +186,13 @@ typedef struct {
     int tie;
 } init_parse_state;
 
+/* the size options, in the order of init_parse_state's sizes */
+static const char *const size_opts[] = {"--hidden", "--layers", "--heads", "--kv-heads",
+                                        "--head-dim", "--intermediate", "--vocab"};
+
 /* One option of init-model's own (cli_spec.on_option). */
 static int init_on_option(int c, const char *arg, void *ctx)
 {
-    static const char *const size_opts[] = {"--hidden", "--layers", "--heads", "--kv-heads",
-                                            "--head-dim", "--intermediate", "--vocab"};
     init_parse_state *ps = ctx;
     init_options *o = ps->o;
     switch (c) {
@@ -271,8 +273,8 @@ static int init_check_args(init_options *o, const init_parse_state *ps)
                        o->dtype);
     for (int i = 0; i < 7; i++)
         if (sizes[i] > 1 << 30)
-            return err_set(RB_EXIT_INPUT, "init-model: size %lld is too large",
-                           (long long)sizes[i]);
+            return err_set(RB_EXIT_INPUT, "init-model: %s %lld is too large (at most 2^30)",
+                           size_opts[i], (long long)sizes[i]);
 
     /* the config: the type's defaults, then the requested shape */
     model_config *mc = &o->mc;
@@ -637,9 +639,10 @@ static int init_model_write(const init_options *o)
     if (!rc) rc = init_write_generation_config(o);
     if (!rc) rc = init_copy_tokenizer(o, tok_dir);
     if (!rc)
-        log_info("wrote %s: %s, hidden %d, %d layers, %d/%d heads x %d, MLP %d, vocab %d, %s "
+        log_info("wrote %s: %s, hidden %d, %d layer%s, %d/%d heads x %d, MLP %d, vocab %d, %s "
                  "embeddings, %lld parameters (%s), seed %llu", o->out, o->mc.model_type,
-                 o->mc.hidden_size, o->mc.num_hidden_layers, o->mc.num_attention_heads,
+                 o->mc.hidden_size, o->mc.num_hidden_layers,
+                 plural_s(o->mc.num_hidden_layers), o->mc.num_attention_heads,
                  o->mc.num_key_value_heads, o->mc.head_dim, o->mc.intermediate_size,
                  o->mc.vocab_size, o->mc.tie_word_embeddings ? "tied" : "untied",
                  (long long)params, o->dtype, (unsigned long long)o->seed);

@@ -64,8 +64,12 @@ static void cuda_start(void)
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
+        /* cudaErrorInsufficientDriver is also what a machine without the driver gets */
         log_msg(CUDA_LOG_INFO, "CUDA backend: no usable GPU (%s); the CPU backend runs instead",
-                e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+                e == cudaErrorInsufficientDriver
+                    ? "no NVIDIA driver, or one older than this build's CUDA"
+                : e != cudaSuccess ? cudaGetErrorString(e)
+                                   : "no device");
         cudaGetLastError(); /* clear the sticky error for later callers */
         return;
     }
