@@ -131,9 +131,22 @@ int worker_init(worker_ctx *wk, const rubric_config *cfg, const char *dataset_pa
     if (rc)
         return err_prefix(rc, "worker %d", w->worker_index);
 
-    /* 3. the prepared dataset and this run's schedule */
+    /* 3. the prepared dataset and this run's schedule; a token id past the model's vocabulary
+     *    (a model with fewer ids than its tokenizer) is found now, not at the first step */
     if ((rc = prep_dataset_open(&wk->ds, dataset_path)))
         return rc;
+    uint32_t top = wk->ds->pad_id;
+    int64_t n_prefix = wk->ds->n_prefixes ? wk->ds->prefix_offsets[wk->ds->n_prefixes] : 0;
+    for (int64_t i = 0; i < n_prefix; i++)
+        top = RB_MAX(top, wk->ds->prefix_tokens[i]);
+    for (int64_t i = 0; wk->ds->tokens && i < wk->ds->n_tokens; i++)
+        top = RB_MAX(top, wk->ds->tokens[i]);
+    int vocab = model_get_config(wk->m)->vocab_size;
+    if (top >= (uint32_t)vocab)
+        return err_set(RB_EXIT_INPUT, "the prepared data holds token id %u, but the model %s has "
+                       "a vocabulary of %d ids: its tokenizer has more ids than its embedding "
+                       "rows (rubric init-model --vocab below the tokenizer's?)", top,
+                       cfg->base_model_dir, vocab);
     rc = prep_schedule_init(&wk->sched, wk->ds, w->n_workers, cfg->gradient_accumulation_steps,
                             cfg->micro_batch_size, cfg->seed);
     if (rc)

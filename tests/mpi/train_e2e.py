@@ -484,6 +484,16 @@ def case_bad_output_dir(r):
         assert p.returncode == 2 and why in p.stdout, p.stdout[-2000:]
         assert not os.path.exists(f"{r.root}/new"), f"{extra}: left {r.root}/new"
     said.append("no folder left by a run that failed before training")
+    # a model with fewer ids than its tokenizer: exit 2 before the first step, naming both
+    small = f"{r.root}/small_vocab"
+    subprocess.run([RUBRIC, "init-model", "--out", small, "--hidden", "32", "--layers", "1",
+                    "--heads", "2", "--kv-heads", "1", "--vocab", "1000", "-q"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = train(r.root, f"{r.root}/small_vocab_run", 0, ["--set", f"base_model={small}"],
+              check=False)
+    assert p.returncode == 2 and f"the model {small} has a vocabulary of 1000 ids" \
+        in p.stdout and "step 1/" not in p.stdout, p.stdout[-2000:]
+    said.append("a model with fewer ids than its tokenizer")
     return "exit 2 before any work: " + "; ".join(said)
 
 
