@@ -32,13 +32,17 @@ Run by meson (suite mpi) with RUBRIC_BIN set; needs mpirun. Builds a tiny random
   staged          2 workers on "cpu-staged" (the CPU kernels behind the device-memory paths a
                   GPU takes: model upload, checkpoint slices downloaded to host copies, a
                   resume's state uploaded) give steps 1-8 and the final checkpoint bitwise
-                  equal to the plain CPU run, and so does a staged resume from step 6 and a
-                  QLoRA run (one process)
+                  equal to the plain CPU run, and so does a staged resume from step 6, a
+                  QLoRA run (one process), and ZeRO stages 0 and 1 (2 workers)
   backend_choice  --backend gpu and RUBRIC_BACKEND=gpu: exit 2 naming the option or variable;
                   --backend cuda with no GPU (or no CUDA in the build) under mpirun: exit 2
-                  within 60 s, each worker naming itself, before the data preparation
+                  within 60 s, each worker naming itself, before the data preparation;
+                  workers whose own RUBRIC_BACKEND says cuda follow rank 0's cpu
   bad_output_dir  output_dir a regular file, or a path under one: exit 2 naming the key, the
-                  path and the reason, before any work
+                  path and the reason, before any work; a lock file that is a symlink (its
+                  target untouched) or a folder: exit 2; a run failing before training (no
+                  GPU, a FIFO to resume from) leaves no folder it made; a model with fewer
+                  vocabulary ids than the data's tokens: exit 2 before step 1
   concurrent      two one-process runs started at once into one output_dir: one trains, the
                   other is refused (exit 2) naming the output_dir and the first's pid and host;
                   the winner's metrics.jsonl and checkpoints are whole; a later run takes the
