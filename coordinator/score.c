@@ -1358,15 +1358,26 @@ static int pred_field_error(char *why, size_t n, const char *field, const json_t
 }
 
 /* The prediction of an output line: 1 with scores (and off-grammar flag), 0 for a bad row,
- * -1 when the line is not ours, -2 when it has *n_scores scores where k are due, -3 when a
- * field is wrong (an unknown status, a score that is not an integer in lo..hi: why says
- * which); *row its "row" (-1 without one). */
+ * -2 when it has *n_scores scores where k are due, -3 when the line is not ours or a field is
+ * wrong (not JSON, no status, an unknown status, a score that is not an integer in lo..hi:
+ * why says which); *row its "row" (-1 without one). */
 static int pred_of(const char *line, int k, int lo, int hi, int *scores, int *off_grammar,
                    int64_t *row, size_t *n_scores, char *why, size_t why_n)
 {
-    json_t *obj = json_loads(line, 0, NULL);
-    if (!obj)
-        return -1;
+    json_error_t je;
+    json_t *obj = json_loads(line, 0, &je);
+    *row = -1;
+    *n_scores = 0;
+    if (!obj) {
+        snprintf(why, why_n, "not JSON (%.60s, column %d): not a line of rubric score's output",
+                 je.text, je.column);
+        return -3;
+    }
+    if (!json_is_object(obj)) {
+        json_decref(obj);
+        snprintf(why, why_n, "not a JSON object: not a line of rubric score's output");
+        return -3;
+    }
     json_t *r = json_object_get(obj, "row");
     *row = json_is_integer(r) ? (int64_t)json_integer_value(r) : -1;
     json_t *jstatus = json_object_get(obj, "status");
@@ -1375,7 +1386,8 @@ static int pred_of(const char *line, int k, int lo, int hi, int *scores, int *of
     *n_scores = json_array_size(arr);
     int rc;
     if (!jstatus)
-        rc = -1;
+        rc = pred_field_error(why, why_n, "status", NULL, "(ok, off_grammar or bad_row): not "
+                              "a line of rubric score's output");
     else if (status && strcmp(status, "bad_row") == 0)
         rc = 0;
     else if (!status || (strcmp(status, "ok") != 0 && strcmp(status, "off_grammar") != 0))
@@ -1477,9 +1489,6 @@ static int metrics_zip(const score_options *o, const char *preds_path, metrics_a
                          "these predictions were made with (--num-scores %zu)", preds_path,
                          (long long)pr.lineno, n_scores, plural_s(n_scores), m->k,
                          n_scores);
-        else if (have_pred < 0)
-            rc = err_set(RB_EXIT_INPUT, "%s:%lld: not a prediction line", preds_path,
-                         (long long)pr.lineno);
         else if (row != in.lineno - 1)
             rc = err_set(RB_EXIT_INPUT, "%s:%lld: the prediction of row %lld, where row %lld "
                          "(line %lld of %s) is due: these predictions are not of this input, "

@@ -1143,7 +1143,7 @@ Test(score, metrics_only_names_the_score_count_and_a_short_output)
     cr_assert_eq(st_run(a2, log, NULL), 2, "see %s", log);
     cr_assert(log_has(log, "p.jsonl:1: the prediction has 3 scores, where K is 2"), "see %s",
               log);
-    cr_assert(!log_has(log, "not a prediction line"), "see %s", log);
+    cr_assert(!log_has(log, "not a line of rubric score's output"), "see %s", log);
 
     /* 10 predictions of a 30-row input */
     char *a3[] = {(char *)st_bin(), "score", "--fake-model", "--input", small, "--output",
@@ -1183,6 +1183,13 @@ Test(score, metrics_only_checks_each_predictions_fields)
          "p.jsonl:7: status: \"maybe\" is not ok, off_grammar or bad_row"},
         {"{\"row\": 6, \"scores\": null, \"text\": null, \"status\": \"ok\"}",
          "p.jsonl:7: scores: null is not a list of scores"},
+        {"{\"row\": 6, \"scores\": [3, 3, 3], \"text\": \"3 3 3\"}",
+         "p.jsonl:7: status: (missing) (ok, off_grammar or bad_row): not a line of rubric "
+         "score's output"},
+        {"{\"row\": 6, \"scores\": [3, 3, 4e400], \"status\": \"ok\"}",
+         "p.jsonl:7: not JSON (real number overflow"},
+        {"3 3 3", "p.jsonl:7: not JSON ("},
+        {"[3, 3, 3]", "p.jsonl:7: not a JSON object"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *text = st_read(good, NULL);
