@@ -74,6 +74,12 @@ typedef struct kernel_ops {
     void (*gather_rows)(float *out, const float *in, const int32_t *idx, int n, int dim);
     /* out[idx[i], :] += in[i, :] for i < n; idx distinct */
     void (*scatter_add_rows)(float *out, const float *in, const int32_t *idx, int n, int dim);
+    /* Rows of src [T, width] into per-segment buffers: rows cu[s] .. cu[s+1] become rows
+     * end[s] - (cu[s+1] - cu[s]) .. end[s] of dst_rows[s] (scoring: each row's new keys or
+     * values after its cached ones, with attention_fwd_rows' arrays; T = cu[n_seg]). dst_rows
+     * (an array of backend pointers), cu and end live in backend memory. */
+    void (*append_rows)(float *const *dst_rows, const float *src, const int32_t *cu,
+                        const int32_t *end, int n_seg, int T, int width);
 
     /* ---- RMSNorm over the last dim: y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) ----
      * Also the per-head q/k norm: rows = T * heads, dim = head_dim. rstd [rows] is saved for

@@ -629,6 +629,32 @@ Test(kernels_cpu, embedding_gather_scatter_add)
     cr_assert(fabs(K->sumsq(3, y) - (91.0 * 91 + 95.0 * 95 + 99.0 * 99)) < 1e-9);
 }
 
+/* append_rows: each segment's rows land after its `end - count` cached rows; nothing else of
+ * the destinations is written */
+Test(kernels_cpu, append_rows_after_each_cache)
+{
+    int dim = 3, cap = 6;
+    float src[7 * 3];
+    for (int i = 0; i < 7 * 3; i++)
+        src[i] = (float)i;
+    int32_t cu[4] = {0, 2, 2, 7}, end[3] = {5, 1, 5};
+    float dst[3][6 * 3];
+    float *rows[3] = {dst[0], dst[1], dst[2]};
+    for (int s = 0; s < 3; s++)
+        for (int i = 0; i < cap * dim; i++)
+            dst[s][i] = -1.0f;
+    K->append_rows(rows, src, cu, end, 3, 7, dim);
+    for (int s = 0; s < 3; s++) {
+        int n = cu[s + 1] - cu[s], first = end[s] - n;
+        for (int r = 0; r < cap; r++)
+            for (int c = 0; c < dim; c++) {
+                float want = r >= first && r < end[s]
+                                 ? src[(cu[s] + r - first) * dim + c] : -1.0f;
+                cr_assert_eq(dst[s][r * dim + c], want, "segment %d row %d col %d", s, r, c);
+            }
+    }
+}
+
 Test(kernels_cpu, sumsq_large_is_chunk_ordered)
 {
     int64_t n = 300001;

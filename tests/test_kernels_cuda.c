@@ -285,6 +285,30 @@ Test(kernels_cuda, embedding_gather_scatter_bitwise)
     G->scatter_add_rows(dtable, dout, didx, n, dim);
     expect_dev("scatter_add_rows", dtable, table, (int64_t)vocab * dim, 0);
 
+    /* append_rows: the rows of out in 3 segments into 3 device buffers after their cached
+     * rows; the rest of each buffer keeps its (random) contents */
+    {
+        int32_t cu[4] = {0, 2, 2, n}, end[3] = {5, 1, n - 2 + 3};
+        int cap = n + 3;
+        float *host[3], *dbuf[3];
+        for (int s = 0; s < 3; s++) {
+            host[s] = rand_buf((int64_t)cap * dim, 1);
+            dbuf[s] = devf(host[s], (int64_t)cap * dim);
+        }
+        C->append_rows(host, out, cu, end, 3, n, dim);
+        float *const *drows = dev(dbuf, sizeof dbuf);
+        int32_t *dcu = dev(cu, sizeof cu), *dend = dev(end, sizeof end);
+        G->append_rows(drows, dout, dcu, dend, 3, n, dim);
+        for (int s = 0; s < 3; s++) {
+            expect_dev("append_rows", dbuf[s], host[s], (int64_t)cap * dim, 0);
+            G->free(dbuf[s]);
+            free(host[s]);
+        }
+        G->free((void *)drows);
+        G->free(dcu);
+        G->free(dend);
+    }
+
     G->free(dtable);
     G->free(dtok);
     G->free(didx);

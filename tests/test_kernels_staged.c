@@ -272,6 +272,24 @@ Test(kernels_staged, attention_fwd_rows_pointer_arrays)
     free(q); free(out);
 }
 
+Test(kernels_staged, append_rows_pointer_array)
+{
+    int dim = 5, cap = 9;
+    size_t ns = (size_t)6 * dim, nd = (size_t)cap * dim;
+    float *src = rand_buf(ns, 1), *d0 = rand_buf(nd, 1), *d1 = rand_buf(nd, 1);
+    int32_t cu[3] = {0, 4, 6}, end[2] = {7, 2};
+    float *sd0 = up(d0, nd * 4), *sd1 = up(d1, nd * 4), *ssrc = up(src, ns * 4);
+    float *rows[2] = {d0, d1}, *srows_h[2] = {sd0, sd1};
+    K->append_rows(rows, src, cu, end, 2, 6, dim);
+    float *const *srows = up(srows_h, sizeof srows_h);
+    int32_t *scu = up(cu, sizeof cu), *send = up(end, sizeof end);
+    S->append_rows(srows, ssrc, scu, send, 2, 6, dim);
+    cr_assert(same(sd0, d0, nd * 4) && same(sd1, d1, nd * 4), "append_rows through staged");
+    S->free(sd0); S->free(sd1); S->free(ssrc); S->free((void *)srows); S->free(scu);
+    S->free(send);
+    free(src); free(d0); free(d1);
+}
+
 Test(kernels_staged, attention_fwd_rows_host_pointer_in_array_dies, .exit_code = RB_EXIT_RUNTIME)
 {
     int H = 2, KV = 1, D = 8;

@@ -190,21 +190,21 @@ static void attend(model *m, int l, layer_acts *a, const layer_io *io)
     }
     cache_append(m, l, a, io);
     size_t at = (size_t)l * (size_t)io->n_rows;
-    ops->attention_fwd_rows(a->attn, a->q, io->rows_k + at, io->rows_v + at, io->rows_cu,
+    ops->attention_fwd_rows(a->attn, a->q, (const float *const *)(io->rows_k + at),
+                            (const float *const *)(io->rows_v + at), io->rows_cu,
                             io->rows_klen, io->n_rows, io->max_count, H, KV, D, scale);
 }
 
-/* The layer's new keys and values go to each row's cache, after its cached tokens. */
+/* The layer's new keys and values go to each row's cache, after its cached tokens: one
+ * append_rows for the keys and one for the values of every row. */
 static void cache_append(model *m, int l, const layer_acts *a, const layer_io *io)
 {
-    int64_t kvd = (int64_t)m->cfg.num_key_value_heads * m->cfg.head_dim, off = 0;
-    for (int r = 0; r < io->n_rows; r++) {
-        model_kv_cache *kc = io->caches[r];
-        size_t bytes = sizeof(float) * (size_t)(io->row_counts[r] * kvd);
-        m->ops->copy(kc->k[l] + kc->len * kvd, a->k + off * kvd, bytes);
-        m->ops->copy(kc->v[l] + kc->len * kvd, a->v + off * kvd, bytes);
-        off += io->row_counts[r];
-    }
+    int kvd = m->cfg.num_key_value_heads * m->cfg.head_dim;
+    size_t at = (size_t)l * (size_t)io->n_rows;
+    m->ops->append_rows(io->rows_k + at, a->k, io->rows_cu, io->rows_klen, io->n_rows, io->T,
+                        kvd);
+    m->ops->append_rows(io->rows_v + at, a->v, io->rows_cu, io->rows_klen, io->n_rows, io->T,
+                        kvd);
 }
 
 void layer_forward(model *m, int l, const float *x_in, float *x_out, layer_acts *a,

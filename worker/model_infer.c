@@ -238,7 +238,7 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
     int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
     int32_t *cu = xmalloc(sizeof(int32_t) * (2 * (size_t)n_rows + 1)); /* cu, then k_len */
     int32_t *last = xmalloc(sizeof(int32_t) * (size_t)n_out);
-    const float **kv = xmalloc(sizeof(float *) * 2 * (size_t)L * (size_t)n_rows);
+    float **kv = xmalloc(sizeof(float *) * 2 * (size_t)L * (size_t)n_rows);
     cu[0] = 0;
     for (int r = 0, t = 0; r < n_rows; r++) {
         int len = caches[r]->len, cnt = counts[r];
@@ -271,10 +271,10 @@ static int infer_step(model *m, model_kv_cache **caches, const int *counts, int 
     /* 2. the layers, appending keys and values to each row's cache. Without logits nothing
      * reads the last layer's output, only its keys and values: it stops once they are cached
      * (a prefill skips 1/L of its layers' work but the k/v projections). */
-    layer_io io = {.T = T, .positions = m->infer_pos, .caches = caches, .row_counts = counts,
-                   .n_rows = n_rows, .rows_cu = m->infer_cu,
-                   .rows_klen = m->infer_cu + n_rows + 1, .rows_k = m->infer_kv_rows,
-                   .rows_v = m->infer_kv_rows + (size_t)L * n_rows, .max_count = max_count};
+    layer_io io = {.T = T, .positions = m->infer_pos, .caches = caches, .n_rows = n_rows,
+                   .rows_cu = m->infer_cu, .rows_klen = m->infer_cu + n_rows + 1,
+                   .rows_k = m->infer_kv_rows, .rows_v = m->infer_kv_rows + (size_t)L * n_rows,
+                   .max_count = max_count};
     ops->embedding(m->infer_x[0], m->embed, m->infer_tokens, T, C);
     for (int l = 0; l < L; l++) {
         io.kv_only = !logits && l == L - 1;

@@ -96,7 +96,7 @@ struct model {
     float *infer_x[2];
     uint32_t *infer_tokens;
     int32_t *infer_pos, *infer_cu, *infer_last;
-    const float **infer_kv_rows; /* backend [2 * layers * rows]: the caches' k, then v */
+    float **infer_kv_rows;       /* backend [2 * layers * rows]: the caches' k, then v */
     float *infer_h, *infer_hn, *infer_rstd, *infer_logits;
     int infer_cap_rows;
     /* selected logits (model_extend_batch_sel): the LM head's rows at sel_ids, and per pass
@@ -128,12 +128,11 @@ typedef struct {
     int n_seg, max_q;
     /* inference: per-row caches (k/v rows written at each row's length) */
     model_kv_cache **caches;
-    const int *row_counts;       /* tokens of each row (sum = T) */
     int n_rows;
     const int32_t *rows_cu;      /* backend [n_rows + 1]: each row's first query */
     const int32_t *rows_klen;    /* backend [n_rows]: each row's keys, len + cnt */
-    const float *const *rows_k;  /* backend [layers * n_rows]: layer l's cache of row r at */
-    const float *const *rows_v;  /*   l * n_rows + r (attention_fwd_rows' k_rows, v_rows) */
+    float *const *rows_k;        /* backend [layers * n_rows]: layer l's cache of row r at */
+    float *const *rows_v;        /*   l * n_rows + r (attention_fwd_rows, append_rows) */
     int max_count;               /* the most tokens a row appends */
     int train;                   /* dropout on */
     int kv_only;                 /* inference: only cache the keys and values (x_out unset) */

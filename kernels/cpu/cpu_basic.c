@@ -207,6 +207,17 @@ void cpu_scatter_add_rows(float *out, const float *in, const int32_t *idx, int n
     }
 }
 
+void cpu_append_rows(float *const *dst_rows, const float *src, const int32_t *cu,
+                     const int32_t *end, int n_seg, int T, int width)
+{
+    (void)T;
+    for (int s = 0; s < n_seg; s++) {
+        int n = cu[s + 1] - cu[s];
+        memcpy(dst_rows[s] + (int64_t)(end[s] - n) * width, src + (int64_t)cu[s] * width,
+               sizeof(float) * (size_t)n * (size_t)width);
+    }
+}
+
 /* ---- RMSNorm ---- */
 
 void cpu_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int rows, int dim,

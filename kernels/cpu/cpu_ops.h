@@ -34,6 +34,8 @@ double cpu_sumsq(int64_t n, const float *x);
 void cpu_embedding(float *out, const float *table, const uint32_t *tokens, int n, int dim);
 void cpu_gather_rows(float *out, const float *in, const int32_t *idx, int n, int dim);
 void cpu_scatter_add_rows(float *out, const float *in, const int32_t *idx, int n, int dim);
+void cpu_append_rows(float *const *dst_rows, const float *src, const int32_t *cu,
+                     const int32_t *end, int n_seg, int T, int width);
 void cpu_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int rows, int dim,
                      float eps);
 void cpu_rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *w,

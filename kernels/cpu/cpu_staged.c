@@ -125,6 +125,18 @@ static void staged_scatter_add_rows(float *out, const float *in, const int32_t *
     cpu_scatter_add_rows(R(out), R(in), R(idx), n, dim);
 }
 
+/* the array of destination pointers: both levels translated, as in attention_fwd_rows */
+static void staged_append_rows(float *const *dst_rows, const float *src, const int32_t *cu,
+                               const int32_t *end, int n_seg, int T, int width)
+{
+    float *const *dr = R(dst_rows);
+    float **d = xmalloc(sizeof(float *) * (size_t)(n_seg + 1));
+    for (int s = 0; s < n_seg; s++)
+        d[s] = R(dr[s]);
+    cpu_append_rows(d, R(src), R(cu), R(end), n_seg, T, width);
+    free(d);
+}
+
 /* ---- RMSNorm ---- */
 
 static void staged_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int rows,
@@ -280,6 +292,7 @@ static const kernel_ops cpu_staged_ops = {
     .embedding = staged_embedding,
     .gather_rows = staged_gather_rows,
     .scatter_add_rows = staged_scatter_add_rows,
+    .append_rows = staged_append_rows,
     .rmsnorm_fwd = staged_rmsnorm_fwd,
     .rmsnorm_bwd = staged_rmsnorm_bwd,
     .rope_fwd = staged_rope_fwd,

@@ -19,6 +19,7 @@ static const kernel_ops cpu_ops = {
     .embedding = cpu_embedding,
     .gather_rows = cpu_gather_rows,
     .scatter_add_rows = cpu_scatter_add_rows,
+    .append_rows = cpu_append_rows,
     .rmsnorm_fwd = cpu_rmsnorm_fwd,
     .rmsnorm_bwd = cpu_rmsnorm_bwd,
     .rope_fwd = cpu_rope_fwd,

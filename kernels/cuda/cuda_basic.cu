@@ -98,6 +98,17 @@ void cuda_scatter_add_rows(float *out, const float *in, const int32_t *idx, int 
     CUDA_CHECK_LAUNCH("scatter_add_kernel");
 }
 
+void cuda_append_rows(float *const *dst_rows, const float *src, const int32_t *cu,
+                      const int32_t *end, int n_seg, int T, int width)
+{
+    int64_t total = (int64_t)T * width;
+    if (total <= 0 || n_seg <= 0)
+        return;
+    append_rows_kernel<<<cuda_grid_for(total), CUDA_THREADS>>>(dst_rows, src, cu, end, n_seg,
+                                                               T, width);
+    CUDA_CHECK_LAUNCH("append_rows_kernel");
+}
+
 /* ---- RMSNorm: one block per row ---- */
 
 static int row_threads(int dim)

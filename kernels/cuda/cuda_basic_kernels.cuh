@@ -86,6 +86,26 @@ __global__ void scatter_add_kernel(float *out, const float *in, const int32_t *i
     }
 }
 
+/* Row t of src [T, width] into dst_rows[s] for the segment s holding it (cu[s] <= t <
+ * cu[s+1], found by binary search), at row end[s] - (cu[s+1] - cu[s]) + (t - cu[s]). */
+__global__ void append_rows_kernel(float *const *dst_rows, const float *src, const int32_t *cu,
+                                   const int32_t *end, int n_seg, int T, int width)
+{
+    int64_t total = (int64_t)T * width;
+    GRID_STRIDE(e, total) {
+        int t = (int)(e / width), c = (int)(e % width), lo = 0, hi = n_seg - 1;
+        while (lo < hi) { /* the last s with cu[s] <= t */
+            int mid = (lo + hi + 1) / 2;
+            if (cu[mid] <= t)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        int row = end[lo] - (cu[lo + 1] - cu[lo]) + (t - cu[lo]);
+        dst_rows[lo][(int64_t)row * width + c] = src[e];
+    }
+}
+
 /* y may alias x: each thread reads x[c] and writes y[c] for the same c, after the sum. */
 __global__ void rmsnorm_fwd_kernel(float *y, float *rstd, const float *x, const float *w,
                                    int dim, float eps)

@@ -113,6 +113,8 @@ double cuda_sumsq(int64_t n, const float *x);
 void cuda_embedding(float *out, const float *table, const uint32_t *tokens, int n, int dim);
 void cuda_gather_rows(float *out, const float *in, const int32_t *idx, int n, int dim);
 void cuda_scatter_add_rows(float *out, const float *in, const int32_t *idx, int n, int dim);
+void cuda_append_rows(float *const *dst_rows, const float *src, const int32_t *cu,
+                      const int32_t *end, int n_seg, int T, int width);
 void cuda_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int rows, int dim,
                       float eps);
 void cuda_rmsnorm_bwd(float *dx, const float *dy, const float *x, const float *w,

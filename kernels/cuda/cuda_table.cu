@@ -316,6 +316,7 @@ static void cuda_table_fill(kernel_ops *t)
     t->embedding = cuda_embedding;
     t->gather_rows = cuda_gather_rows;
     t->scatter_add_rows = cuda_scatter_add_rows;
+    t->append_rows = cuda_append_rows;
     t->rmsnorm_fwd = cuda_rmsnorm_fwd;
     t->rmsnorm_bwd = cuda_rmsnorm_bwd;
     t->rope_fwd = cuda_rope_fwd;

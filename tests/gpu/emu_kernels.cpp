@@ -128,6 +128,20 @@ static void rows_and_nf4()
     emu_launch(EW, [&] { scatter_add_kernel(etable.data(), out.data(), idx.data(), n, dim); });
     check("scatter_add_rows", etable, table, 0);
 
+    /* append_rows: 3 segments of 2, 0 and 5 rows after 4, 1 and 0 cached ones; the
+     * destinations' other rows stay NaN on both sides */
+    int32_t cu[4] = {0, 2, 2, 7}, end[3] = {6, 1, 5}, cap = 8;
+    std::vector<vec> dst(3, vec((size_t)cap * dim, NAN)), edst = dst;
+    float *dp[3] = {dst[0].data(), dst[1].data(), dst[2].data()};
+    float *edp[3] = {edst[0].data(), edst[1].data(), edst[2].data()};
+    cpu_append_rows(dp, out.data(), cu, end, 3, 7, dim);
+    emu_launch(EW, [&] { append_rows_kernel(edp, out.data(), cu, end, 3, 7, dim); });
+    for (int sg = 0; sg < 3; sg++) {
+        bool same = std::memcmp(dst[sg].data(), edst[sg].data(), sizeof(float) * cap * dim) == 0;
+        failures += !same;
+        printf("%-28s segment %d %s\n", "append_rows", sg, same ? "bitwise equal" : "FAIL");
+    }
+
     int64_t rows = 9, cols = 70, ne = rows * cols;
     std::vector<uint8_t> packed((size_t)(ne + 1) / 2);
     for (auto &b : packed)
