@@ -113,7 +113,8 @@ int ckpt_check_h5_file(const char *path, const char *what);
  * start with it. */
 int ckpt_check_file(const char *path);
 
-/* Serial, whole-file check: ckpt_check_file, then opens, format and version, complete mark, every dataset's hash.
+/* Serial, whole-file check: ckpt_check_file, then opens, format and version, complete mark,
+ * every dataset's hash.
  * Returns 0 or RB_EXIT_INPUT with a message naming the file and what is wrong; only a damaged
  * checkpoint (truncated, incomplete, a hash that does not match) adds "delete it or resume
  * from an older checkpoint". */

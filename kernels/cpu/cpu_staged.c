@@ -80,7 +80,10 @@ static void staged_download(void *dst, const void *src, size_t bytes)
     cpu_download(host(dst, OP), R(src), bytes);
 }
 
-static void staged_copy(void *dst, const void *src, size_t bytes) { cpu_copy(R(dst), R(src), bytes); }
+static void staged_copy(void *dst, const void *src, size_t bytes)
+{
+    cpu_copy(R(dst), R(src), bytes);
+}
 static void staged_memset0(void *p, size_t bytes) { cpu_memset0(R(p), bytes); }
 
 /* ---- dense linear algebra ---- */

@@ -12,10 +12,10 @@
 #      and runs the attention checks under compute-sanitizer's memcheck and racecheck,
 #   5. trains 20 steps of a random model with Qwen3-0.6B's shape (tests/gpu/gpu_train_step:
 #      the model's step alone, timed) with fp32 GEMMs, then 10 with TF32 and 10 with bf16
-#      tensor-core GEMMs and attention (RUBRIC_CUDA_GEMM; fp32 storage and accumulation), then the whole
-#      `rubric train` (prep, ZeRO over NCCL, checkpoints, evaluation, score_after_train) of a
-#      small random model for 8 steps with --backend cuda and with --backend cpu: the losses of
-#      every step side by side (the two must agree within 1e-3),
+#      tensor-core GEMMs and attention (RUBRIC_CUDA_GEMM; fp32 storage and accumulation),
+#      then the whole `rubric train` (prep, ZeRO over NCCL, checkpoints, evaluation,
+#      score_after_train) of a small random model for 8 steps with --backend cuda and with
+#      --backend cpu: the losses of every step side by side (the two must agree within 1e-3),
 #   6. scores the 2,300 EmoBank demo rows with `rubric score --backend cuda`,
 #   7. prints a table: ms per step, tokens/s, MFU against the dense bf16 peak, rows/s, memory.
 #

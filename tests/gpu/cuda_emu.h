@@ -44,7 +44,10 @@ alignas(128) inline float emu_dynamic_smem[64 * 1024];
 #define ATT_TC_SMEM_DECL unsigned char *att_tc_smem = (unsigned char *)emu_dynamic_smem
 
 inline void __syncthreads() { emu_block_bar->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu)
+{
+    emu_warp_bar[threadIdx.x / 32]->arrive_and_wait();
+}
 
 template <typename T> T emu_shfl(T v, int src_lane)
 {
