@@ -577,8 +577,8 @@ static void init_remove_made(void)
         closedir(d);
     rmdir_empty_upto(made_out, made_top);
     if (path_exists(made_out))
-        log_warn("init-model failed; could not remove the folder it made, %s: %s", made_out,
-                 strerror(errno));
+        log_warn("init-model failed; could not remove the folder it made, %s (not empty, or "
+                 "not writable)", made_out);
     free(made_out);
     free(made_top);
     made_out = made_top = NULL;

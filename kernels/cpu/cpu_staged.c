@@ -57,6 +57,17 @@ static void *host(const void *p, const char *what)
 #define OP (__func__ + sizeof "staged_" - 1)
 #define R(p) real((p), OP)
 
+/* An array of n backend pointers held in backend memory (attention_fwd_rows' caches,
+ * append_rows' destinations): both levels translated, into a host array (free it). */
+static void **real_array(const void *arr, int n, const char *what)
+{
+    void *const *in = real(arr, what);
+    void **out = xmalloc(sizeof(void *) * (size_t)(n + 1));
+    for (int i = 0; i < n; i++)
+        out[i] = real(in[i], what);
+    return out;
+}
+
 /* ---- memory ---- */
 
 static void *staged_alloc(size_t bytes)
@@ -128,15 +139,11 @@ static void staged_scatter_add_rows(float *out, const float *in, const int32_t *
     cpu_scatter_add_rows(R(out), R(in), R(idx), n, dim);
 }
 
-/* the array of destination pointers: both levels translated, as in attention_fwd_rows */
 static void staged_append_rows(float *const *dst_rows, const float *src, const int32_t *cu,
                                const int32_t *end, int n_seg, int T, int width)
 {
-    float *const *dr = R(dst_rows);
-    float **d = xmalloc(sizeof(float *) * (size_t)(n_seg + 1));
-    for (int s = 0; s < n_seg; s++)
-        d[s] = R(dr[s]);
-    cpu_append_rows(d, R(src), R(cu), R(end), n_seg, T, width);
+    void **d = real_array(dst_rows, n_seg, OP);
+    cpu_append_rows((float *const *)d, R(src), R(cu), R(end), n_seg, T, width);
     free(d);
 }
 
@@ -179,22 +186,14 @@ static void staged_attention_fwd(float *out, float *lse, const float *q, const f
                       kv_heads, d, scale);
 }
 
-/* The arrays of cache pointers are backend memory holding backend pointers: both levels are
- * translated (a host pointer in them dies like any other). */
 static void staged_attention_fwd_rows(float *out, const float *q, const float *const *k_rows,
                                       const float *const *v_rows, const int32_t *cu_q,
                                       const int32_t *k_len, int n_seg, int max_q, int heads,
                                       int kv_heads, int d, float scale)
 {
-    const float *const *kr = R(k_rows), *const *vr = R(v_rows);
-    const float **k = xmalloc(sizeof(float *) * (size_t)(n_seg + 1));
-    const float **v = xmalloc(sizeof(float *) * (size_t)(n_seg + 1));
-    for (int s = 0; s < n_seg; s++) {
-        k[s] = R(kr[s]);
-        v[s] = R(vr[s]);
-    }
-    cpu_attention_fwd_rows(R(out), R(q), k, v, R(cu_q), R(k_len), n_seg, max_q, heads,
-                           kv_heads, d, scale);
+    void **k = real_array(k_rows, n_seg, OP), **v = real_array(v_rows, n_seg, OP);
+    cpu_attention_fwd_rows(R(out), R(q), (const float *const *)k, (const float *const *)v,
+                           R(cu_q), R(k_len), n_seg, max_q, heads, kv_heads, d, scale);
     free(k);
     free(v);
 }

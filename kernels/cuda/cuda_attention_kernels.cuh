@@ -45,17 +45,6 @@ struct att_seg {
     int offset; /* query j sees keys 0 .. offset + j (bottom-right alignment) */
 };
 
-__device__ __forceinline__ att_seg att_seg_at(const int32_t *cu_q, const int32_t *cu_k, int s)
-{
-    att_seg g;
-    g.q_start = cu_q[s];
-    g.nq = cu_q[s + 1] - g.q_start;
-    g.k_start = cu_k[s];
-    g.nk = cu_k[s + 1] - g.k_start;
-    g.offset = g.nk - g.nq;
-    return g;
-}
-
 /* Where a forward's keys are: packed (k, v, cu_k) or one cache per segment (k_rows, v_rows,
  * k_len: the table's attention_fwd_rows); passed to the kernels by value. */
 struct att_keys {
@@ -65,8 +54,8 @@ struct att_keys {
     const int32_t *k_len;
 };
 
-/* att_seg_at for a forward: also the key and value matrices whose rows k_start.. are the
- * segment's keys (the packed ones, or the segment's own cache with k_start 0) */
+/* Segment s, and the key and value matrices whose rows k_start.. are its keys (the packed
+ * ones, or the segment's own cache with k_start 0) */
 __device__ __forceinline__ att_seg att_seg_keys(const int32_t *cu_q, const att_keys &ak, int s,
                                                 const float **k, const float **v)
 {
@@ -86,6 +75,14 @@ __device__ __forceinline__ att_seg att_seg_keys(const int32_t *cu_q, const att_k
     }
     g.offset = g.nk - g.nq;
     return g;
+}
+
+/* the segment of packed keys (the backward kernels) */
+__device__ __forceinline__ att_seg att_seg_at(const int32_t *cu_q, const int32_t *cu_k, int s)
+{
+    att_keys ak = {NULL, NULL, cu_k, NULL, NULL, NULL};
+    const float *k, *v;
+    return att_seg_keys(cu_q, ak, s, &k, &v);
 }
 
 /* rows [row0, row0 + n) of a [T, ld] matrix, columns col0 .. col0 + d, into a shared [rows][ls]

@@ -82,8 +82,8 @@ static inline unsigned cuda_grid_for(int64_t n)
 
 /* The backend's cuBLAS handle (created by kernel_ops_cuda). */
 cublasHandle_t cuda_blas(void);
-/* the GEMMs' precision now (enum kernel_gemm_precision); attention_fwd follows it (bf16:
- * tensor cores) */
+/* the GEMMs' precision now (enum kernel_gemm_precision); attention follows it (bf16: tensor
+ * cores) */
 int cuda_gemm_precision_now(void);
 
 /* Scratch device memory reused across calls, grown on demand; one buffer per slot. Growing
