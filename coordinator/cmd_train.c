@@ -1,7 +1,6 @@
 /* cmd_train.c: `rubric train CONFIG`: LoRA / QLoRA fine-tuning, coordinator + ZeRO workers. */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -138,7 +137,8 @@ int cmd_train(int argc, char **argv)
                 log_error("%s", err_msg());
 
             /* output_dir must take files now, not at the first checkpoint hours later; a run
-             * that fails leaves no folder it made that holds nothing but its lock file */
+             * that fails leaves no folder it made that holds nothing but its lock file
+             * (train_run, which holds the lock) */
             char *made_top = NULL;
             if (!rc) {
                 made_top = w.rank == 0 ? path_first_missing(cfg.output_dir) : NULL;
@@ -148,15 +148,10 @@ int cmd_train(int argc, char **argv)
                     log_error("%s", err_msg());
             }
             if (!rc) {
+                opt.made_top = made_top;
                 rc = train_run(&w, &cfg, &opt);
                 if (rc)
                     log_error("%s", err_msg());
-            }
-            if (rc && made_top) {
-                char *lock = xasprintf("%s/.rubric-train.lock", cfg.output_dir);
-                unlink(lock);
-                free(lock);
-                rmdir_empty_upto(cfg.output_dir, made_top);
             }
             free(made_top);
         }

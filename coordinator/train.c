@@ -431,9 +431,14 @@ static int check_fresh_output_dir(const trainer *t)
  * on a crash, so a file left by an earlier run is simply taken); the holder writes its pid and
  * host into it, which the refused run names.
  */
+static char *lock_path(const trainer *t)
+{
+    return xasprintf("%s/.rubric-train.lock", t->cfg->output_dir);
+}
+
 static int lock_output_dir(trainer *t)
 {
-    char *path = xasprintf("%s/.rubric-train.lock", t->cfg->output_dir);
+    char *path = lock_path(t);
     /* never through a symbolic link (it would overwrite what it points to), never a FIFO */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
     struct stat sb;
@@ -465,9 +470,15 @@ static int lock_output_dir(trainer *t)
         return 0;
     }
     if (!locked) {
+        /* the holder writes its line right after taking the lock: wait up to 2 s for it */
         char who[256] = "";
-        ssize_t n = pread(fd, who, sizeof who - 1, 0);
-        who[n > 0 ? n : 0] = 0;
+        for (int tries = 0; e == EWOULDBLOCK && tries < 200; tries++) {
+            ssize_t n = pread(fd, who, sizeof who - 1, 0);
+            who[n > 0 ? n : 0] = 0;
+            if (strchr(who, '\n'))
+                break;
+            usleep(10000);
+        }
         who[strcspn(who, "\n")] = 0;
         close(fd);
         int rc = e == EWOULDBLOCK
@@ -484,7 +495,8 @@ static int lock_output_dir(trainer *t)
     host[sizeof host - 1] = 0;
     char who[256];
     int n = snprintf(who, sizeof who, "pid %ld on host %s\n", (long)getpid(), host);
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, who, (size_t)n, 0) != n)
+    /* written over the old line, then cut: a reader never finds the file empty */
+    if (pwrite(fd, who, (size_t)n, 0) != n || ftruncate(fd, n) != 0)
         log_warn("output_dir %s: cannot write pid and host into %s: %s", t->cfg->output_dir,
                  path, strerror(errno));
     free(path);
@@ -858,7 +870,10 @@ static int score_after_training(trainer *t)
 
 /* ------------------------------------------------------------------ the run */
 
-static void trainer_free(trainer *t)
+/* rc: the run's result; a failed run that made output_dir and holds its lock leaves no
+ * folder holding nothing but the lock file (only the lock's holder: a refused concurrent run
+ * that also saw output_dir missing must not remove the winner's) */
+static void trainer_free(trainer *t, int rc)
 {
     if (t->w->is_worker)
         worker_free(&t->wk);
@@ -871,6 +886,12 @@ static void trainer_free(trainer *t)
     if (t->metrics)
         fclose(t->metrics);
     free(t->reports);
+    if (t->lock_fd >= 0 && rc && t->opt->made_top) {
+        char *lock = lock_path(t);
+        unlink(lock); /* still held: no other run can have taken it */
+        free(lock);
+        rmdir_empty_upto(t->cfg->output_dir, t->opt->made_top);
+    }
     if (t->lock_fd >= 0)
         close(t->lock_fd); /* releases the output_dir */
 }
@@ -930,6 +951,6 @@ int train_run(const world *w, rubric_config *cfg, const train_options *opt)
     if (!rc)
         rc = score_after_training(&t);
     free(path);
-    trainer_free(&t);
+    trainer_free(&t, rc);
     return rc;
 }

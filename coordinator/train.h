@@ -32,6 +32,10 @@ typedef struct {
     double step_timeout_s;     /* base of the wait for workers' reports (default 60) */
     const char *backend;       /* --backend: cpu, cuda or auto (default: $RUBRIC_BACKEND, else
                                 * auto) */
+    const char *made_top;      /* rank 0: the highest folder of output_dir that did not exist
+                                * before this command (NULL: output_dir existed); a run that
+                                * fails while it holds the lock removes the lock file and these
+                                * folders while nothing else is in them */
 } train_options;
 
 void train_options_defaults(train_options *o);
